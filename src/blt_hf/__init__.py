@@ -1,0 +1,47 @@
+"""blt_hf: the Byte Latent Transformer as a transformers model package.
+
+`import blt_hf` registers the classes with the transformers Auto classes, so that
+`AutoModelForCausalLM.from_pretrained(folder)` works; saved folders also carry the code and load with
+`trust_remote_code=True` where blt_hf is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .cache import BLTCache
+from .configuration_blt_hf import (
+    BLTConfig,
+    BLTGlobalTransformerConfig,
+    BLTLocalDecoderConfig,
+    BLTLocalEncoderConfig,
+    BLTPatcherConfig,
+)
+from .modeling_blt_hf import BLTCausalLMOutput, BLTForCausalLM, BLTModel, BLTModelOutput
+from .patcher import BLTPatcher, BLTPatcherOutput
+from .patching import PatchingRule, patch_lengths_from_starts, starts_from_patch_lengths
+
+__version__ = "0.1.0"
+
+AutoConfig.register(BLTConfig.model_type, BLTConfig, exist_ok=True)
+AutoModel.register(BLTConfig, BLTModel, exist_ok=True)
+AutoModelForCausalLM.register(BLTConfig, BLTForCausalLM, exist_ok=True)
+BLTConfig.register_for_auto_class()
+BLTModel.register_for_auto_class("AutoModel")
+BLTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "BLTCache",
+    "BLTCausalLMOutput",
+    "BLTConfig",
+    "BLTForCausalLM",
+    "BLTGlobalTransformerConfig",
+    "BLTLocalDecoderConfig",
+    "BLTLocalEncoderConfig",
+    "BLTModel",
+    "BLTModelOutput",
+    "BLTPatcher",
+    "BLTPatcherConfig",
+    "BLTPatcherOutput",
+    "PatchingRule",
+    "patch_lengths_from_starts",
+    "starts_from_patch_lengths",
+]
