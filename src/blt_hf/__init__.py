@@ -5,7 +5,7 @@
 `trust_remote_code=True` where blt_hf is not installed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .cache import BLTCache
 from .configuration_blt_hf import (
@@ -17,16 +17,19 @@ from .configuration_blt_hf import (
 )
 from .modeling_blt_hf import BLTCausalLMOutput, BLTForCausalLM, BLTModel, BLTModelOutput
 from .patcher import BLTPatcher, BLTPatcherOutput
-from .patching import PatchingRule, patch_lengths_from_starts, starts_from_patch_lengths
+from .patching import PatchingRule, compute_patch_lengths, patch_lengths_from_starts, starts_from_patch_lengths
+from .tokenization_blt_hf import BLTTokenizer
 
 __version__ = "0.1.0"
 
 AutoConfig.register(BLTConfig.model_type, BLTConfig, exist_ok=True)
 AutoModel.register(BLTConfig, BLTModel, exist_ok=True)
 AutoModelForCausalLM.register(BLTConfig, BLTForCausalLM, exist_ok=True)
+AutoTokenizer.register(BLTConfig, tokenizer_class=BLTTokenizer, exist_ok=True)
 BLTConfig.register_for_auto_class()
 BLTModel.register_for_auto_class("AutoModel")
 BLTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+BLTTokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = [
     "BLTCache",
@@ -41,7 +44,9 @@ __all__ = [
     "BLTPatcher",
     "BLTPatcherConfig",
     "BLTPatcherOutput",
+    "BLTTokenizer",
     "PatchingRule",
+    "compute_patch_lengths",
     "patch_lengths_from_starts",
     "starts_from_patch_lengths",
 ]

@@ -48,13 +48,15 @@ def dense_window_mask(
 
 
 def blocked_window_attention(q, k, v, query_offset, window, key_valid, key_segments=None) -> torch.Tensor:
-    """Sliding-window attention in blocks of `window` queries; each block attends to 2 * window keys.
+    """Sliding-window attention in blocks of `window / 2` queries; each block attends to 1.5 * window keys.
 
     q [B, H, n, D]; k, v [B, Hkv, L, D] with L = query_offset + n; key_valid/key_segments [B, L].
     """
     batch, heads, n, dim = q.shape
     kv_heads = k.shape[1]
     w = window
+    size = w // 2 if w % 2 == 0 and w >= 64 else w  # query block; half-window blocks waste least compute
+    ratio = w // size
     front = w - query_offset  # align so that new query i sits at key index w + i
     if front >= 0:
         k, v = F.pad(k, (0, 0, front, 0)), F.pad(v, (0, 0, front, 0))
@@ -64,33 +66,34 @@ def blocked_window_attention(q, k, v, query_offset, window, key_valid, key_segme
     else:
         k, v, key_valid = k[:, :, -front:], v[:, :, -front:], key_valid[:, -front:]
         key_segments = key_segments[:, -front:] if key_segments is not None else None
-    num_blocks = -(-n // w)
-    tail = num_blocks * w - n
+    num_blocks = -(-n // size)
+    tail = num_blocks * size - n
     q = F.pad(q, (0, 0, 0, tail))
     k, v = F.pad(k, (0, 0, 0, tail)), F.pad(v, (0, 0, 0, tail))
     key_valid = F.pad(key_valid, (0, tail), value=False)
 
-    def key_blocks(x):  # [..., (nb + 1) * w, *rest] along dim `2` -> [B, nb, 2w, ...]
-        x = x.view(*x.shape[:2], num_blocks + 1, w, *x.shape[3:])
-        return torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3)
+    def key_blocks(x):  # [B, C, w + n', ...] -> [B, C, nb, w + size, ...]: the keys each query block may see
+        x = x.view(*x.shape[:2], num_blocks + ratio, size, *x.shape[3:])
+        return torch.cat([x[:, :, j : j + num_blocks] for j in range(ratio + 1)], dim=3)
 
-    keys = key_blocks(k).transpose(1, 2).reshape(batch * num_blocks, kv_heads, 2 * w, dim)
-    values = key_blocks(v).transpose(1, 2).reshape(batch * num_blocks, kv_heads, 2 * w, dim)
-    queries = q.view(batch, heads, num_blocks, w, dim).transpose(1, 2).reshape(batch * num_blocks, heads, w, dim)
+    span = w + size
+    keys = key_blocks(k).transpose(1, 2).reshape(batch * num_blocks, kv_heads, span, dim)
+    values = key_blocks(v).transpose(1, 2).reshape(batch * num_blocks, kv_heads, span, dim)
+    queries = q.view(batch, heads, num_blocks, size, dim).transpose(1, 2).reshape(batch * num_blocks, heads, size, dim)
 
-    query_idx = torch.arange(w, device=q.device)[:, None]
-    key_idx = torch.arange(2 * w, device=q.device)[None, :]
+    query_idx = torch.arange(size, device=q.device)[:, None]
+    key_idx = torch.arange(span, device=q.device)[None, :]
     band = (key_idx > query_idx) & (key_idx <= query_idx + w)
-    valid_blocks = key_blocks(key_valid[:, None]).squeeze(1)  # [B, nb, 2w]
+    valid_blocks = key_blocks(key_valid[:, None]).squeeze(1)  # [B, nb, span]
     allowed = band[None, None] & valid_blocks[:, :, None, :]
     if key_segments is not None:
         key_segments = F.pad(key_segments, (0, tail), value=-1)
-        segment_blocks = key_blocks(key_segments[:, None]).squeeze(1)  # [B, nb, 2w]
+        segment_blocks = key_blocks(key_segments[:, None]).squeeze(1)  # [B, nb, span]
         query_segments = segment_blocks[:, :, w:]
         allowed = allowed & (query_segments[..., :, None] == segment_blocks[..., None, :])
     allowed = allowed | (key_idx == query_idx + w)[None, None]
-    out = _sdpa(queries, keys, values, allowed.view(batch * num_blocks, 1, w, 2 * w))
-    out = out.view(batch, num_blocks, heads, w, dim).transpose(1, 2).reshape(batch, heads, num_blocks * w, dim)
+    out = _sdpa(queries, keys, values, allowed.view(batch * num_blocks, 1, size, span))
+    out = out.view(batch, num_blocks, heads, size, dim).transpose(1, 2).reshape(batch, heads, num_blocks * size, dim)
     return out[:, :, :n]
 
 

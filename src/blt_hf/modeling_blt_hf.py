@@ -32,7 +32,13 @@ from .local_decoder import BLTLocalDecoder
 from .local_encoder import BLTLocalEncoder
 from .masks import LocalAttentionPlan, PatchAttentionPlan
 from .patcher import BLTPatcher
-from .patching import PatchingRule, entropy_from_logits, patch_lengths_from_starts, starts_from_patch_lengths
+from .patching import (
+    PatchingRule,
+    compute_patch_starts,
+    patch_lengths_from_starts,
+    row_start_flags,
+    starts_from_patch_lengths,
+)
 from .pretrained import BLTPreTrainedModel
 
 
@@ -238,10 +244,7 @@ class BLTModel(BLTPreTrainedModel):
             self._update_cache(cache, ids, valid, num_bytes, length, local_patch, new_patches, cross_states, patch_kv)
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
-            row_starts = torch.zeros(batch, length + 2, dtype=torch.long, device=device)
-            row_starts.scatter_add_(1, torch.where(valid, positions, length + 1), starts.long())
-            row_starts.scatter_add_(1, torch.where(valid, positions + 1, length + 1), next_starts.long())
-            lengths_out = patch_lengths_from_starts(row_starts[:, : length + 1] > 0, num_bytes)
+            lengths_out = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), num_bytes)
         all_hidden = tuple(encoder_hidden) + tuple(decoder_hidden) if output_hidden_states else None
         return BLTModelOutput(
             last_hidden_state=hidden,
@@ -257,16 +260,9 @@ class BLTModel(BLTPreTrainedModel):
         run_rule = patch_lengths is None or cache is not None  # a cache continues with the rule afterwards
         state = cache.patching if cache is not None else PatchingState.initial(batch, device)
         if run_rule:
-            entropies = None
-            if rule.needs_entropies:
-                if self.patcher is None:
-                    raise ValueError("entropy patching needs the entropy model, but this model has no patcher")
-                with torch.no_grad():
-                    logits = self.patcher.next_byte_logits(
-                        ids, positions, valid, cache.patcher if cache is not None else None
-                    )
-                entropies = entropy_from_logits(logits)
-            starts, next_starts, new_state = rule(positions, valid, ids, entropies, state)
+            starts, next_starts, new_state, _ = compute_patch_starts(
+                rule, ids, positions, valid, state, self.patcher, cache.patcher if cache is not None else None
+            )
             if cache is not None:
                 cache.patching = new_state
         if patch_lengths is not None:

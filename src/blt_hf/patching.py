@@ -191,3 +191,63 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
     lengths = torch.zeros(starts.shape[0], num_patches + 1, dtype=torch.long, device=starts.device)
     lengths.scatter_add_(1, torch.where(inside & (patch_index >= 0), patch_index, num_patches), inside.long())
     return lengths[:, :num_patches]
+
+
+def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None):
+    """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies)."""
+    entropies = None
+    if rule.needs_entropies:
+        if patcher is None:
+            raise ValueError("entropy patching needs the entropy model, but no patcher is available")
+        with torch.no_grad():
+            entropies = entropy_from_logits(patcher.next_byte_logits(ids, positions, valid, patcher_cache))
+    starts, next_starts, state = rule(positions, valid, ids, entropies, state)
+    return starts, next_starts, state, entropies
+
+
+def row_start_flags(starts, next_starts, positions, valid) -> torch.Tensor:
+    """Per-byte flags [B, n] of a fresh sequence -> start flags [B, N + 1] over row-local positions 0..N."""
+    batch, length = starts.shape
+    flags = torch.zeros(batch, length + 2, dtype=torch.long, device=starts.device)
+    dummy = length + 1
+    flags.scatter_add_(1, torch.where(valid, positions, dummy), starts.long())
+    flags.scatter_add_(1, torch.where(valid, positions + 1, dummy), next_starts.long())
+    return flags[:, : length + 1] > 0
+
+
+@torch.no_grad()
+def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=None, chunk_size: int | None = None):
+    """Patch lengths [B, P] (official convention) and entropies [B, n] (None unless entropy mode) of fresh rows.
+
+    Left or right padding via `attention_mask`. Long rows run in chunks of `chunk_size` bytes through the entropy
+    model's sliding-window cache, with the same result as one pass.
+    """
+    from .cache import SlidingWindowCache
+
+    batch, length = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    ids = torch.where(valid, input_ids, 0)
+    state = PatchingState.initial(batch, input_ids.device)
+    cache = None
+    if patcher is not None and rule.needs_entropies and chunk_size is not None and length > chunk_size:
+        cache = SlidingWindowCache(patcher.config.num_hidden_layers, patcher.config.sliding_window)
+    seen = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+    step = chunk_size if cache is not None else max(length, 1)
+    all_starts, all_next, all_entropies = [], [], []
+    for begin in range(0, length, step):
+        chunk_valid = valid[:, begin : begin + step]
+        positions = (seen[:, None] + chunk_valid.long().cumsum(1) - 1).clamp(min=0)
+        starts, next_starts, state, entropies = compute_patch_starts(
+            rule, ids[:, begin : begin + step], positions, chunk_valid, state, patcher, cache
+        )
+        seen = seen + chunk_valid.sum(1)
+        all_starts.append(starts)
+        all_next.append(next_starts)
+        all_entropies.append(entropies)
+    if not all_starts:
+        return torch.ones(batch, 1, dtype=torch.long, device=input_ids.device), None
+    starts, next_starts = torch.cat(all_starts, 1), torch.cat(all_next, 1)
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
+    entropies = torch.cat(all_entropies, 1) if all_entropies[0] is not None else None
+    return lengths, entropies

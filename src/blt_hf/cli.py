@@ -1,0 +1,256 @@
+"""`blt-hf`: command-line tools around BLT checkpoints.
+
+    blt-hf patch "Some text" --model DIR [--plot out.png]   show the patches and per-byte entropies
+    blt-hf calibrate --target-bytes-per-patch 4.5 FILE... --model DIR [--rule global|monotonic|combined]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .configuration_blt_hf import BYTE_OFFSET, BLTConfig
+from .patching import PatchingRule, compute_patch_lengths
+
+
+def _load(model_dir: str):
+    from .modeling_blt_hf import BLTForCausalLM
+    from .tokenization_blt_hf import BLTTokenizer
+
+    model = BLTForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = BLTTokenizer().attach_model(model)
+    return model, tokenizer
+
+
+def patch_report(model, text: str) -> dict:
+    """Patches and per-byte entropies of `text` under the model's patching rule."""
+    ids = torch.tensor([[1] + [b + BYTE_OFFSET for b in text.encode("utf-8", "surrogatepass")]])
+    base = model.model
+    rule = PatchingRule.from_config(base.config)
+    lengths, entropies = compute_patch_lengths(ids, None, rule, base.patcher)
+    if entropies is None and base.patcher is not None:
+        with torch.no_grad():
+            entropies = base.patcher(ids).entropies
+    data = bytes(int(i) - BYTE_OFFSET for i in ids[0, 1:])
+    lengths = [int(n) for n in lengths[0] if n > 0]
+    patches, position = [], 0
+    for n in lengths:
+        patches.append((position, min(position + n, len(data) + 1)))
+        position += n
+    return {
+        "bytes": data,
+        "patches": patches,  # [start, end) in positions of ids (0 = BOS); the last may include the virtual position
+        "lengths": lengths,
+        "entropies": None if entropies is None else entropies[0].tolist(),
+        "threshold": rule.threshold if rule.needs_entropies else None,
+        "mode": rule.mode,
+    }
+
+
+def _show(report: dict) -> str:
+    data = report["bytes"]
+
+    def piece(start, end):
+        body = (b"<s>" if start == 0 else b"") + data[max(start - 1, 0) : max(end - 1, 0)]
+        return body.decode("utf-8", "replace")
+
+    lines = ["|" + "|".join(piece(s, e) for s, e in report["patches"]) + "|"]
+    lines.append(
+        f"{len(data)} bytes in {len(report['patches'])} patches ({report['mode']} patching"
+        + (f", threshold {report['threshold']:.4f} nats)" if report["threshold"] is not None else ")")
+    )
+    if report["entropies"] is not None:
+        starts = {s for s, _ in report["patches"]}
+        lines.append("byte      entropy before it (nats)   starts a patch")
+        for pos, value in enumerate(report["entropies"], start=1):
+            char = repr(bytes([data[pos - 1]]))[2:-1] if pos <= len(data) else "(next)"
+            lines.append(f"{char:<8}  {value:>10.4f}                 {'*' if pos in starts else ''}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Entropy of the next byte at each position, the threshold and the patch boundaries (after the paper's Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if report["entropies"] is None:
+        raise ValueError("this model has no entropy model to plot")
+    # the value at byte j is H(j-1): the entropy model's uncertainty about byte j before seeing it
+    entropies = report["entropies"]
+    labels = [bytes([b]).decode("latin-1") if 32 <= b < 127 else f"\\x{b:02x}" for b in report["bytes"]] + ["next"]
+    x = list(range(1, len(entropies) + 1))
+    width = max(6.0, 0.22 * len(entropies))
+    fig, ax = plt.subplots(figsize=(width, 3.2))
+    ax.plot(x, entropies, marker="o", markersize=3, linewidth=1, color="tab:blue", label="entropy before the byte")
+    if report["threshold"] is not None:
+        ax.axhline(report["threshold"], color="tab:red", linestyle="--", linewidth=1, label="threshold")
+    for start, _ in report["patches"][1:]:
+        ax.axvline(start - 0.5, color="tab:gray", linewidth=0.8, alpha=0.7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xlim(0.5, len(entropies) + 0.5)
+    ax.set_ylabel("nats")
+    ax.set_title(f"{len(report['patches']) - 1} patches over {len(report['bytes'])} bytes (+ BOS)")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _read_rows(files: list[str], row_bytes: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = []
+    total = 0
+    for name in files:
+        data = Path(name).read_bytes()
+        for start in range(0, len(data), row_bytes - 1):
+            chunk = data[start : start + row_bytes - 1]
+            if not chunk or total >= max_bytes:
+                break
+            rows.append([1] + [b + BYTE_OFFSET for b in chunk])
+            total += len(chunk)
+    if not rows:
+        raise ValueError("no text to calibrate on")
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+def bytes_per_patch(rule: PatchingRule, ids, mask, entropies) -> float:
+    """Mean patch size in real bytes (BOS excluded) under `rule`, for precomputed entropies."""
+    from .cache import PatchingState
+    from .patching import patch_lengths_from_starts, row_start_flags
+
+    valid = mask.bool()
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    starts, next_starts, _ = rule(positions, valid, ids, entropies, PatchingState.initial(ids.shape[0], ids.device))
+    lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
+    patches = int((lengths > 0).sum()) - ids.shape[0]  # the BOS patch of each row does not count
+    return float(valid.sum() - ids.shape[0]) / max(patches, 1)
+
+
+def calibrate_threshold(
+    model, files, target: float, rule_name: str = "global", threshold_add: float | None = None,
+    row_bytes: int = 1024, max_bytes: int = 2_000_000, batch_size: int = 16,
+) -> tuple[float, float]:
+    """Bisect the entropy threshold so that the mean patch size on the files' text is `target` bytes."""
+    base = model.model
+    if base.patcher is None:
+        raise ValueError("calibration needs a model with an entropy model (has_patcher=True)")
+    ids, mask = _read_rows(files, row_bytes, max_bytes)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            chunks.append(base.patcher(ids[start : start + batch_size], mask[start : start + batch_size]).entropies)
+    entropies = torch.cat(chunks)
+    rule = PatchingRule.from_config(
+        base.config, mode="entropy", monotonicity=rule_name == "monotonic",
+        threshold_add=threshold_add if rule_name == "combined" else None,
+    )
+    if rule_name == "combined" and threshold_add is None:
+        raise ValueError("--rule combined needs --threshold-add")
+
+    def size(threshold):
+        return bytes_per_patch(PatchingRule(**{**rule.__dict__, "threshold": threshold}), ids, mask, entropies)
+
+    low, high = -float(entropies.max()) - 1.0, float(entropies.max()) + 1.0
+    if not size(low) <= target <= size(high):
+        raise ValueError(
+            f"target {target} bytes per patch is outside what this rule reaches on this text "
+            f"({size(low):.3f} .. {size(high):.3f})"
+        )
+    for _ in range(60):
+        middle = (low + high) / 2
+        if size(middle) < target:
+            low = middle
+        else:
+            high = middle
+    threshold = high
+    return threshold, size(threshold)
+
+
+def _write_config_atomically(config: BLTConfig, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        config.save_pretrained(scratch)
+        os.replace(Path(scratch) / "config.json", directory / "config.json")
+
+
+def _save_model_atomically(model, directory: Path) -> None:
+    from .tokenization_blt_hf import BLTTokenizer
+
+    if directory.exists() and any(directory.iterdir()):
+        raise ValueError(f"{directory} exists and is not empty")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+        model.save_pretrained(scratch)
+        BLTTokenizer().save_pretrained(scratch)
+        if directory.exists():
+            directory.rmdir()
+        os.replace(scratch, directory)
+        os.makedirs(scratch)  # let TemporaryDirectory clean up an empty folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    patch = commands.add_parser("patch", help="split a text into patches and show per-byte entropies")
+    patch.add_argument("text")
+    patch.add_argument("--model", required=True, help="BLT checkpoint folder")
+    patch.add_argument("--plot", help="write an entropy plot (PNG)")
+    patch.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    calibrate = commands.add_parser("calibrate", help="fit the entropy threshold to a target mean patch size")
+    calibrate.add_argument("files", nargs="+")
+    calibrate.add_argument("--model", required=True, help="BLT checkpoint folder")
+    calibrate.add_argument("--target-bytes-per-patch", type=float, required=True)
+    calibrate.add_argument("--rule", choices=["global", "monotonic", "combined"], default="global")
+    calibrate.add_argument("--threshold-add", type=float, help="entropy-rise threshold of the combined rule")
+    calibrate.add_argument("--max-bytes", type=int, default=2_000_000, help="sample at most this much text")
+    calibrate.add_argument("--output", help="folder for the updated config.json (default: the model folder)")
+
+    args = parser.parse_args(argv)
+    if args.command == "patch":
+        model, _ = _load(args.model)
+        report = patch_report(model, args.text)
+        if args.json:
+            printable = {**report, "bytes": report["bytes"].decode("utf-8", "replace")}
+            print(json.dumps(printable))
+        else:
+            print(_show(report))
+        if args.plot:
+            plot_report(report, args.plot)
+            print(f"plot written to {args.plot}", file=sys.stderr)
+        return 0
+    if args.command == "calibrate":
+        model, _ = _load(args.model)
+        threshold, achieved = calibrate_threshold(
+            model, args.files, args.target_bytes_per_patch, args.rule, args.threshold_add, max_bytes=args.max_bytes
+        )
+        config = model.config
+        config.patching_mode = "entropy"
+        config.patching_threshold = threshold
+        config.monotonicity = args.rule == "monotonic"
+        config.patching_threshold_add = args.threshold_add if args.rule == "combined" else None
+        if args.output:
+            _save_model_atomically(model, Path(args.output))
+        else:
+            _write_config_atomically(config, Path(args.model))
+        print(json.dumps({"rule": args.rule, "threshold": threshold, "bytes_per_patch": achieved}))
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

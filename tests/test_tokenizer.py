@@ -1,0 +1,136 @@
+"""BLTTokenizer: byte ids, special tokens, round trips, persistence, Auto registration, patch lengths."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+from blt_hf import BLTTokenizer
+from tests.utils import separated_threshold, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BLTTokenizer()
+
+
+def test_ids_are_bytes_plus_four_with_bos_and_no_eos(tok):
+    assert tok.encode("hé") == [1, 108, 199, 173]
+    assert tok.encode("hé", add_special_tokens=False) == [108, 199, 173]
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
+    assert tok.pad_token_id != tok.eos_token_id and tok.pad_token_id < 4
+    assert tok.vocab_size == 260 and len(tok) == 260
+
+
+def test_literal_special_token_text_stays_bytes(tok):
+    assert tok.encode("a</s>b<s>", add_special_tokens=False) == [b + 4 for b in b"a</s>b<s>"]
+
+
+def test_eos_only_when_asked():
+    assert BLTTokenizer(add_eos_token=True).encode("a") == [1, 101, 2]
+
+
+def test_padding_left_by_default_and_right_on_request(tok):
+    assert tok(["a", "abc"], padding=True)["input_ids"] == [[0, 0, 1, 101], [1, 101, 102, 103]]
+    right = tok(["a", "abc"], padding=True, padding_side="right")
+    assert right["input_ids"][0] == [1, 101, 0, 0] and right["attention_mask"][0] == [1, 1, 0, 0]
+
+
+def test_decode_of_invalid_utf8_never_raises(tok):
+    assert tok.decode([0xFF + 4, 104 + 4, 0xC3 + 4]) == "\ufffdh\ufffd"
+    assert tok.decode([1, 108, 2], skip_special_tokens=True) == "h"
+    assert tok.decode(1) == "<s>"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+def test_decode_encode_round_trips_every_string(text):
+    tok = BLTTokenizer()
+    assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary())
+def test_bytes_round_trip_and_decode_never_raises(data):
+    tok = BLTTokenizer()
+    ids = tok.encode_bytes(data)
+    assert ids[0] == 1 and tok.decode_bytes(ids) == data
+    tok.decode(ids)
+
+
+def test_data_collator_pads_and_masks_labels(tok):
+    collator = DataCollatorForLanguageModeling(tok, mlm=False)
+    batch = collator([tok("ab"), tok("abcd")])
+    assert batch["input_ids"].shape == (2, 5)
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def _checkpoint(tmp_path, **overrides):
+    model = tiny_model(seed=11, **overrides)
+    probe = torch.tensor([[1] + [b + 4 for b in b"calibrate the threshold on some text, please!"]])
+    with torch.no_grad():
+        model.config.patching_threshold = separated_threshold(model.model.patcher(probe).entropies[:, 1:])
+    model.save_pretrained(tmp_path)
+    BLTTokenizer().save_pretrained(tmp_path)
+    return model
+
+
+TEXTS = ["Hello, world! Patches follow the entropy.", "short", "naïve café — ünïcödé"]
+
+
+@pytest.mark.parametrize("mode", ["entropy", "static", "space", "byte"])
+def test_patch_lengths_from_the_checkpoint_give_the_models_own_logits(tmp_path, mode):
+    model = _checkpoint(tmp_path, patching_mode=mode, has_patcher=True, patch_size=3)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert isinstance(tok, BLTTokenizer)
+    batch = tok(TEXTS, return_patch_lengths=True, return_tensors="pt", padding=True)
+    assert batch["patch_lengths"].sum(1).tolist() == (batch["attention_mask"].sum(1) + 1).tolist()
+    with torch.no_grad():
+        given_lengths = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                              patch_lengths=batch["patch_lengths"]).logits
+        self_patched = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(given_lengths, self_patched, atol=0, rtol=0)
+    single = tok(TEXTS[0], return_patch_lengths=True)
+    assert single["patch_lengths"] == [n for n in batch["patch_lengths"][0].tolist() if n > 0]
+
+
+def test_checkpoint_holds_one_copy_of_the_entropy_model(tmp_path):
+    _checkpoint(tmp_path)
+    weight_files = [f for f in os.listdir(tmp_path) if f.endswith((".safetensors", ".bin", ".pt"))]
+    assert weight_files == ["model.safetensors"]
+
+
+def test_patch_lengths_without_a_checkpoint_explain_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="attach_model"):
+        BLTTokenizer()(["abc"], return_patch_lengths=True)
+
+
+def test_tokenizer_loads_with_remote_code_where_blt_hf_is_not_importable(tmp_path):
+    _checkpoint(tmp_path / "ckpt")
+    expected = BLTTokenizer.from_pretrained(tmp_path / "ckpt")(TEXTS, return_patch_lengths=True)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["blt_hf"] = None
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        out = tok({TEXTS!r}, return_patch_lengths=True)
+        print(json.dumps({{"ids": out["input_ids"], "lengths": out["patch_lengths"], "module": type(tok).__module__}}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["module"].startswith("transformers_modules")
+    assert out["ids"] == expected["input_ids"] and out["lengths"] == expected["patch_lengths"]
