@@ -153,3 +153,22 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 def emit(result: dict) -> None:
     """The last stdout line: one compact JSON document."""
     print(json.dumps(result, separators=(",", ":")), flush=True)
+
+
+def stdlib_text(num_bytes: int) -> bytes:
+    """At least `num_bytes` of real text: the Python standard library's .py sources, in a fixed order."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or "test" in path.parts:
+            continue
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= num_bytes:
+            break
+    if total < num_bytes:
+        raise RuntimeError(f"only {total} bytes of standard library sources found")
+    return b"".join(chunks)[:num_bytes]

@@ -15,44 +15,120 @@ import torch
 
 
 class SlidingWindowCache:
-    """Per-layer keys/values [B, Hkv, c, D] of the last `window - 1` positions (all of them if window is None)."""
+    """Per-layer keys/values of the last `window - 1` positions (all of them if window is None).
+
+    Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
+    free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
+    is moved to the front (an O(window) copy every O(window) steps).
+    """
 
     def __init__(self, num_layers: int, window: int | None):
         self.window = window
+        self.keep = None if window is None else window - 1
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.valid: torch.Tensor | None = None  # [B, c] False for padding
-        self.segments: torch.Tensor | None = None  # [B, c] segment of each cached position
+        self._valid: torch.Tensor | None = None  # [B, capacity] False for padding
+        self._segments: torch.Tensor | None = None  # [B, capacity] segment of each position
+        self.start = self.end = 0  # live span of the buffers
+        self._pending = 0  # positions written by the current call, committed at the next `begin`
+
+    def _commit(self) -> None:
+        if self._pending:
+            self.end += self._pending
+            self._pending = 0
+            if self.keep is not None:
+                self.start = max(self.start, self.end - self.keep)
+            if self._segments is not None and self.end > self.start:
+                # positions of a finished segment are never attended again: drop them (all rows at once)
+                segments = self._segments[:, self.start : self.end]
+                alive = (segments == segments[:, -1:]) & self._valid[:, self.start : self.end]
+                self.start += int(alive.long().argmax(1).min())
 
     @property
     def length(self) -> int:
-        return 0 if self.valid is None else self.valid.shape[1]
+        self._commit()
+        return self.end - self.start
 
-    def _keep(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        if self.window is None:
-            return x
-        keep = self.window - 1
-        return x.narrow(dim, x.shape[dim] - keep, keep) if x.shape[dim] > keep else x
+    @property
+    def valid(self) -> torch.Tensor | None:
+        self._commit()
+        return None if self._valid is None else self._valid[:, self.start : self.end]
 
-    def set_metadata(self, key_valid: torch.Tensor, key_segments: torch.Tensor | None) -> None:
-        self.valid = self._keep(key_valid, 1)
-        self.segments = None if key_segments is None else self._keep(key_segments, 1)
+    @property
+    def segments(self) -> torch.Tensor | None:
+        self._commit()
+        return None if self._segments is None else self._segments[:, self.start : self.end]
+
+    def _relocate(self, capacity: int) -> None:
+        """Move the live span to the front of (possibly larger) buffers."""
+        span = slice(self.start, self.end)
+        live = self.end - self.start
+
+        def moved(buffer, dim):
+            if buffer is None:
+                return None
+            shape = list(buffer.shape)
+            shape[dim] = capacity
+            fresh = buffer.new_zeros(shape)
+            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, span.start, live))
+            return fresh
+
+        self.keys = [moved(k, 2) for k in self.keys]
+        self.values = [moved(v, 2) for v in self.values]
+        self._valid, self._segments = moved(self._valid, 1), moved(self._segments, 1)
+        self.start, self.end = 0, live
+
+    def begin(self, new_valid: torch.Tensor, new_segments: torch.Tensor | None):
+        """Start a call that appends n positions: returns (cached length, key validity, key segments) over
+        cached + new positions."""
+        self._commit()
+        n = new_valid.shape[1]
+        capacity = 0 if self._valid is None else self._valid.shape[1]
+        if self.end + n > capacity:
+            live = self.end - self.start
+            needed = live + n
+            if self.keep is not None:
+                new_capacity = max(2 * (self.keep + n), needed)
+            else:
+                new_capacity = max(2 * capacity, needed, 64)
+            if self._valid is None:
+                self._valid = new_valid.new_zeros(new_valid.shape[0], new_capacity)
+                if new_segments is not None:
+                    self._segments = new_segments.new_zeros(new_segments.shape[0], new_capacity)
+            else:
+                self._relocate(capacity if needed <= capacity else new_capacity)
+        if new_segments is not None and self._segments is None:
+            self._segments = new_segments.new_zeros(self._valid.shape)
+        self._valid[:, self.end : self.end + n] = new_valid
+        if new_segments is not None:
+            self._segments[:, self.end : self.end + n] = new_segments
+        self._pending = n
+        span = slice(self.start, self.end + n)
+        segments = None if new_segments is None else self._segments[:, span]
+        return self.end - self.start, self._valid[:, span], segments
 
     def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
-        """Append this call's keys/values; return all visible ones, keep only the window's worth."""
-        if self.keys[layer_idx] is not None:
-            keys = torch.cat((self.keys[layer_idx], keys), dim=2)
-            values = torch.cat((self.values[layer_idx], values), dim=2)
-        self.keys[layer_idx], self.values[layer_idx] = self._keep(keys, 2), self._keep(values, 2)
-        return keys, values
+        """Write this call's keys/values [B, Hkv, n, D]; return views of all visible ones."""
+        n = keys.shape[2]
+        capacity = self._valid.shape[1]
+        if self.keys[layer_idx] is None or self.keys[layer_idx].shape[2] != capacity:
+            shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+            fresh_k, fresh_v = keys.new_zeros(shape), values.new_zeros(shape)
+            if self.keys[layer_idx] is not None:  # never happens after `begin` relocated every layer
+                raise RuntimeError("cache buffers out of sync")
+            self.keys[layer_idx], self.values[layer_idx] = fresh_k, fresh_v
+        self.keys[layer_idx][:, :, self.end : self.end + n] = keys
+        self.values[layer_idx][:, :, self.end : self.end + n] = values
+        return self.keys[layer_idx][:, :, self.start : self.end + n], self.values[layer_idx][:, :, self.start : self.end + n]
 
     def select_rows(self, index: torch.Tensor) -> None:
+        self._commit()
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
         self.values = [None if v is None else v.index_select(0, index) for v in self.values]
-        if self.valid is not None:
-            self.valid = self.valid.index_select(0, index)
-        if self.segments is not None:
-            self.segments = self.segments.index_select(0, index)
+        if self._valid is not None:
+            self._valid = self._valid.index_select(0, index)
+        if self._segments is not None:
+            self._segments = self._segments.index_select(0, index)
 
 
 class PatchKVCache:

@@ -28,10 +28,10 @@ class BLTGlobalTransformer(nn.Module):
     def forward(self, patch_vectors: torch.Tensor, attention_plan: PatchAttentionPlan, output_hidden_states=False):
         """patch_vectors [B, m, k * d_enc] -> patch states [B, m, d_global] (and every layer's output if asked)."""
         hidden = F.dropout(self.token_embedding_projection(patch_vectors), p=self.config.dropout, training=self.training)
-        position_embeddings = self.rotary_emb(attention_plan.positions(), hidden.dtype)
+        rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
         for layer in self.layers:
-            hidden = layer(hidden, position_embeddings, attention_plan)
+            hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
                 all_states.append(hidden)
         if attention_plan.cache is not None:

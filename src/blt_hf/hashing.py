@@ -37,7 +37,8 @@ def hash_coefficients(group_sizes, num_functions: int) -> torch.Tensor:
 
 
 def hash_ngram_ids(
-    ids: torch.Tensor, history: torch.Tensor | None, group_sizes, num_functions: int, table_size: int
+    ids: torch.Tensor, history: torch.Tensor | None, group_sizes, num_functions: int, table_size: int,
+    coefficients: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row ids into the fused hash table for every byte: [B, T] -> [B, T, F * G].
 
@@ -47,7 +48,8 @@ def hash_ngram_ids(
     if history is None:
         history = ids.new_zeros(ids.shape[0], width - 1)
     windows = torch.cat((history, ids), dim=1).unfold(1, width, 1)  # [B, T, W]
-    coefficients = hash_coefficients(group_sizes, num_functions).to(ids.device)
+    if coefficients is None:
+        coefficients = hash_coefficients(group_sizes, num_functions).to(ids.device)
     hashes = (windows[:, :, None, :, None] * coefficients[None, None]).sum(3)  # [B, T, F, G], wraps
     offsets = torch.arange(num_functions * len(group_sizes), device=ids.device).view(num_functions, -1)
     return (hashes % table_size + offsets * table_size).flatten(2)
@@ -59,6 +61,7 @@ class BLTHashNgramEmbedding(nn.Embedding):
     def __init__(self, group_sizes, num_functions: int, table_size: int, embedding_dim: int):
         super().__init__(max(1, table_size * num_functions * len(group_sizes)), embedding_dim)
         self.group_sizes, self.num_functions, self.table_size = list(group_sizes), num_functions, table_size
+        self._coefficients = {}  # device -> hash_coefficients(...), computed once
 
     @property
     def history_length(self) -> int:
@@ -69,5 +72,9 @@ class BLTHashNgramEmbedding(nn.Embedding):
         batch, length = ids.shape
         if self.num_functions == 0 or length == 0:
             return self.weight.new_zeros(batch, length, self.embedding_dim)
-        rows = hash_ngram_ids(ids, history, self.group_sizes, self.num_functions, self.table_size)
+        if ids.device not in self._coefficients:
+            self._coefficients[ids.device] = hash_coefficients(self.group_sizes, self.num_functions).to(ids.device)
+        rows = hash_ngram_ids(
+            ids, history, self.group_sizes, self.num_functions, self.table_size, self._coefficients[ids.device]
+        )
         return F.embedding_bag(rows.reshape(batch * length, -1), self.weight, mode="sum").view(batch, length, -1)

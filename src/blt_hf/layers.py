@@ -54,21 +54,16 @@ class BLTRotaryEmbedding(nn.Module):
         return ROPE_INIT_FUNCTIONS[params["rope_type"]](self.config, None)
 
     @torch.no_grad()
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] -> (cos, sin) [B, T, head_dim], each frequency repeated for its pair."""
-        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
-        freqs = torch.repeat_interleave(freqs, 2, dim=-1)
-        return (freqs.cos() * self.attention_scaling).to(dtype), (freqs.sin() * self.attention_scaling).to(dtype)
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """positions [B, T] -> rotations e^(i * position * freq) as complex64 [B, T, head_dim / 2]."""
+        angles = positions[..., None].float() * self.inv_freq.to(positions.device)
+        return torch.polar(torch.full_like(angles, self.attention_scaling), angles)
 
 
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
-    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D]; cos/sin [B, T, D]."""
-    return x * cos[:, None] + rotate_pairs(x) * sin[:, None]
+def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, H, T, D] by `rotations` [B, T, D / 2] (complex)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotations[:, None]).flatten(-2).type_as(x)
 
 
 class BLTMLP(nn.Module):
@@ -97,13 +92,12 @@ class BLTSelfAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
 
-    def forward(self, hidden_states, position_embeddings, attention_plan) -> torch.Tensor:
+    def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = position_embeddings
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
         out = attention_plan(q, k, v, self.layer_idx)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -119,9 +113,9 @@ class BLTTransformerLayer(GradientCheckpointingLayer):
         self.input_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
         self.post_attention_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_plan) -> torch.Tensor:
+    def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_plan
+            self.input_layernorm(hidden_states), rotations, attention_plan
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 

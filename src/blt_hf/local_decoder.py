@@ -44,14 +44,14 @@ class BLTLocalDecoder(nn.Module):
         Returns normed states [B, n, d] (and every layer's output if asked).
         """
         hidden = F.dropout(byte_states, p=self.config.dropout, training=self.training)
-        position_embeddings = self.rotary_emb(positions, hidden.dtype)
+        rotations = self.rotary_emb(positions)
         all_states = [hidden] if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
             if idx < len(self.cross_attn_layers):
                 keys, values = patch_kv[idx]
                 # the module returns attention + bytes; adding the bytes again is the released residual
                 hidden = hidden + self.cross_attn_layers[idx].bytes_from_patches(hidden, keys, values, byte_patch)
-            hidden = layer(hidden, position_embeddings, attention_plan)
+            hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
                 all_states.append(hidden)
         return self.norm(hidden), all_states

@@ -49,11 +49,11 @@ class BLTLocalEncoder(nn.Module):
     def encode_bytes(self, embeddings, positions, attention_plan, output_hidden_states: bool = False):
         """embeddings [B, n, d] -> (final byte states, states read by each cross-attention, all layer outputs)."""
         hidden = F.dropout(embeddings, p=self.config.dropout, training=self.training)
-        position_embeddings = self.rotary_emb(positions, hidden.dtype)
+        rotations = self.rotary_emb(positions)
         read = set(self.cross_attention_layer_indices)
         cross_states, all_states = [], [hidden] if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
-            hidden = layer(hidden, position_embeddings, attention_plan)
+            hidden = layer(hidden, rotations, attention_plan)
             if idx in read:
                 cross_states.append(hidden)
             if output_hidden_states:

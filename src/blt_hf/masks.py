@@ -106,12 +106,10 @@ class LocalAttentionPlan:
     def __init__(self, window, new_valid, new_segments=None, cache=None):
         self.window, self.cache = window, cache
         self.num_new = new_valid.shape[1]
-        self.query_offset = cache.length if cache is not None else 0
-        key_valid, key_segments = new_valid, new_segments
-        if self.query_offset:
-            key_valid = torch.cat((cache.valid, new_valid), dim=1)
-            if new_segments is not None:
-                key_segments = torch.cat((cache.segments, new_segments), dim=1)
+        if cache is not None:
+            self.query_offset, key_valid, key_segments = cache.begin(new_valid, new_segments)
+        else:
+            self.query_offset, key_valid, key_segments = 0, new_valid, new_segments
         self.key_valid, self.key_segments = key_valid, key_segments
         self.is_plain_causal = (
             self.query_offset == 0
@@ -123,8 +121,6 @@ class LocalAttentionPlan:
         self.mask = None
         if not self.is_plain_causal and not self.use_blocks:
             self.mask = dense_window_mask(self.num_new, self.query_offset, window, key_valid, key_segments)
-        if cache is not None:
-            cache.set_metadata(key_valid, key_segments)
 
     def __call__(self, q, k, v, layer_idx: int) -> torch.Tensor:
         if self.cache is not None:

@@ -178,6 +178,7 @@ class BLTModel(BLTPreTrainedModel):
 
         valid = self._new_byte_mask(attention_mask, cache, batch, length, device)
         bytes_before = cache.num_bytes if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
+        patches_before = cache.num_patches if cache is not None else torch.zeros_like(bytes_before)
         positions = (bytes_before[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         num_bytes = bytes_before + valid.sum(1)
         if num_bytes.numel() and int(num_bytes.max()) > config.max_position_embeddings:
@@ -231,8 +232,7 @@ class BLTModel(BLTPreTrainedModel):
         patch_kv = self._decoder_patch_table(cache, new_patch_kv, batch, device, embeddings.dtype)
         segments = None
         if config.decoder_config.patch_local_attention:
-            closed_before = cache.num_patches if cache is not None else torch.zeros_like(bytes_before)
-            segments = closed_before[:, None] + decoder_patch - 1  # global index of the patch each byte reads
+            segments = patches_before[:, None] + decoder_patch - 1  # global index of the patch each byte reads
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
@@ -385,11 +385,29 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             global_hidden_states=outputs.global_hidden_states,
         )
 
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, *args):
+        """generate(): start an empty `BLTCache` (never a DynamicCache) unless the user passed one or use_cache=False."""
+        cache = model_kwargs.get("past_key_values")
+        if cache is not None:
+            if not isinstance(cache, BLTCache):
+                raise ValueError(f"past_key_values must be a BLTCache, got {type(cache).__name__}")
+            cache._is_user_defined = True
+            return
+        if generation_config.use_cache is False:
+            return
+        if generation_config.cache_implementation is not None:
+            raise ValueError("BLT carries its own BLTCache; cache_implementation is not supported")
+        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["past_key_values"] = BLTCache(self.config, batch_size * expand, self.device)
+
     def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, **kwargs
+        self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, next_sequence_length=None,
+        **kwargs,
     ):
-        """Feed only the bytes the cache has not seen yet."""
-        if past_key_values is not None:
+        """Feed only the bytes the cache has not seen yet (generate passes the whole sequence, or just a chunk)."""
+        if next_sequence_length is not None:
+            input_ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
+        elif past_key_values is not None and input_ids.shape[1] > past_key_values.get_seq_length():
             input_ids = input_ids[:, past_key_values.get_seq_length() :]
         inputs = {
             "input_ids": input_ids,

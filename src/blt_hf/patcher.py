@@ -62,9 +62,9 @@ class BLTPatcher(BLTPreTrainedModel):
         """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]."""
         plan = LocalAttentionPlan(self.config.sliding_window, valid, cache=cache)
         hidden = self.embed_tokens(ids)
-        position_embeddings = self.rotary_emb(positions, hidden.dtype)
+        rotations = self.rotary_emb(positions)
         for layer in self.layers:
-            hidden = layer(hidden, position_embeddings, plan)
+            hidden = layer(hidden, rotations, plan)
         return self.lm_head(self.norm(hidden)).float()
 
     def forward(

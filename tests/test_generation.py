@@ -1,0 +1,258 @@
+"""Incremental decoding through one BLTCache: teacher-forced exactness against the full forward, generate() with
+and without the cache against a plain full-recompute loop, GenerationMixin features, bounded memory."""
+
+import io
+import itertools
+import random
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from blt_hf import BLTCache, BLTTokenizer
+from tests.utils import random_ids, separated_threshold, tiny_model
+
+MODES = ["entropy", "monotonic", "combined", "static", "space", "byte"]
+
+
+def build_model(mode, seed, **extra):
+    """A tiny model with short windows (so caches trim) and thresholds away from this seed's entropies."""
+    overrides = dict(
+        patching_mode="static" if mode == "static" else mode if mode in ("space", "byte") else "entropy",
+        has_patcher=True,
+        patch_size=2 + seed % 3,
+        monotonicity=mode == "monotonic",
+        max_patch_length=[None, 3, 7][seed % 3],
+        encoder_config=dict(sliding_window=6, num_hidden_layers=1 + seed % 2, cross_attn_all_layers=seed % 2 == 1),
+        decoder_config=dict(sliding_window=5 + seed % 4, patch_local_attention=seed % 4 == 3),
+        patcher_config=dict(sliding_window=7),
+    )
+    overrides.update(extra)
+    model = tiny_model(seed=seed, **overrides)
+    probe = random_ids(200, seed=1000 + seed)
+    with torch.no_grad():
+        entropies = model.model.patcher(probe).entropies[0, 1:]
+    rises = entropies[1:] - entropies[:-1]
+    if mode == "monotonic":
+        model.config.patching_threshold = separated_threshold(rises, 0.8)
+    elif mode == "combined":
+        model.config.patching_threshold = separated_threshold(entropies, 0.3)
+        model.config.patching_threshold_add = separated_threshold(rises, 0.5)
+    else:
+        model.config.patching_threshold = separated_threshold(entropies, 0.4)
+    return model
+
+
+def left_padded_batch(lengths, seed):
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = random_ids(n, seed=seed * 10 + row)[0]
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
+CASES = [(mode, batch, seed) for mode in MODES for batch in (1, 2, 3, 4) for seed in range(9)]
+
+
+@pytest.mark.parametrize("mode, batch, seed", CASES, ids=[f"{m}-b{b}-s{s}" for m, b, s in CASES])
+def test_incremental_logits_equal_the_full_forward(mode, batch, seed):
+    model = build_model(mode, seed)
+    rng = random.Random(seed)
+    total = rng.randint(12, 36)
+    ids, mask = left_padded_batch([rng.randint(2, total) for _ in range(batch - 1)] + [total], seed)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, use_cache=False).logits
+        cache, pieces, position = None, [], 0
+        prefill = rng.randint(1, total - 1)
+        steps = [prefill] + [rng.choice([1, 1, 1, 2, 5]) for _ in range(total)]
+        for step in steps:
+            if position >= total:
+                break
+            stop = min(total, position + step)
+            out = model(ids[:, position:stop], attention_mask=mask[:, :stop], past_key_values=cache, use_cache=True)
+            cache, position = out.past_key_values, stop
+            pieces.append(out.logits)
+    incremental = torch.cat(pieces, dim=1)
+    real = mask.bool()
+    torch.testing.assert_close(incremental[real], full[real], atol=1e-4, rtol=0)
+    assert cache.get_seq_length() == total
+
+
+def full_recompute_greedy(model, ids, new_tokens):
+    for _ in range(new_tokens):
+        logits = model(ids, use_cache=False).logits[:, -1]
+        ids = torch.cat((ids, logits.argmax(-1, keepdim=True)), dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_with_cache_equals_without_and_a_full_recompute_loop(mode):
+    model = build_model(mode, seed=4)
+    ids = random_ids(17, seed=4, batch=2)
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=None)
+        uncached = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=None, use_cache=False)
+        reference = full_recompute_greedy(model, ids, 40)
+    assert torch.equal(cached, reference) and torch.equal(uncached, reference)
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone_with_per_row_eos():
+    model = build_model("entropy", seed=5)
+    ids, mask = left_padded_batch([9, 23, 15], seed=5)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=[2, 100])
+        for row in range(3):
+            alone = model.generate(ids[row : row + 1, ~(mask[row] == 0)], max_new_tokens=30, do_sample=False,
+                                   eos_token_id=[2, 100])
+            new = batched[row, ids.shape[1] :]
+            expected = alone[0, mask[row].sum() :]
+            assert torch.equal(new[: len(expected)], expected)
+            assert (new[len(expected) :] == model.config.pad_token_id).all()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(do_sample=True, temperature=0.7, top_k=20),
+    dict(do_sample=True, top_p=0.8),
+    dict(do_sample=True, num_return_sequences=3),
+    dict(do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=3),
+    dict(do_sample=False, num_beams=3),
+    dict(do_sample=False, num_beams=2, num_return_sequences=2),
+])
+def test_generation_options_give_the_same_output_with_and_without_cache(kwargs):
+    model = build_model("entropy", seed=6)
+    ids, mask = left_padded_batch([12, 20], seed=6)
+    outputs = []
+    for use_cache in (True, False):
+        torch.manual_seed(123)
+        with torch.no_grad():
+            outputs.append(model.generate(ids, attention_mask=mask, max_new_tokens=25, use_cache=use_cache,
+                                          eos_token_id=None, **kwargs))
+    assert torch.equal(outputs[0], outputs[1])
+    assert outputs[0].shape[1] == ids.shape[1] + 25
+
+
+class StopAfterByte(StoppingCriteria):
+    def __init__(self, byte_id):
+        self.byte_id = byte_id
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, -1] == self.byte_id
+
+
+def test_logits_processors_stopping_criteria_streamer_and_dict_outputs():
+    model = build_model("space", seed=7)
+    tok = BLTTokenizer()
+    ids = torch.tensor([tok.encode("Streaming bytes:")])
+
+    class BanByte:
+        def __call__(self, input_ids, scores):
+            scores[:, 101] = -float("inf")  # never "a"
+            return scores
+
+    stream = io.StringIO()
+    with torch.no_grad(), redirect_stdout(stream):
+        first = model.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=None,
+                               logits_processor=LogitsProcessorList([BanByte()]), streamer=TextStreamer(tok, skip_special_tokens=True))
+    new = first[0, ids.shape[1] :]
+    assert 101 not in new.tolist()
+    assert stream.getvalue().strip() == tok.decode(first[0], skip_special_tokens=True).strip()
+    stop_byte = int(new[10])
+    with torch.no_grad():
+        stopped = model.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=None,
+                                 logits_processor=LogitsProcessorList([BanByte()]),
+                                 stopping_criteria=StoppingCriteriaList([StopAfterByte(stop_byte)]))
+        result = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, output_scores=True,
+                                return_dict_in_generate=True)
+    first_stop = new.tolist().index(stop_byte)
+    assert stopped.shape[1] == ids.shape[1] + first_stop + 1
+    assert isinstance(result.past_key_values, BLTCache) and len(result.scores) == 8
+    assert result.past_key_values.get_seq_length() == ids.shape[1] + 7
+
+
+def test_chunked_prefill_gives_the_same_generation():
+    model = build_model("entropy", seed=8)
+    ids, mask = left_padded_batch([40, 33], seed=8)
+    with torch.no_grad():
+        plain = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None)
+        chunked = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                                 prefill_chunk_size=7)
+    assert torch.equal(plain, chunked)
+
+
+def test_a_user_cache_continues_a_prefilled_prompt():
+    model = build_model("static", seed=9)
+    ids = random_ids(30, seed=9)
+    with torch.no_grad():
+        cache = model(ids[:, :-1], use_cache=True).past_key_values
+        continued = model.generate(ids, past_key_values=cache, max_new_tokens=15, do_sample=False, eos_token_id=None)
+        fresh = model.generate(ids, max_new_tokens=15, do_sample=False, eos_token_id=None)
+    assert torch.equal(continued, fresh)
+
+
+def test_right_padded_cache_cannot_be_continued():
+    model = build_model("byte", seed=10)
+    ids = random_ids(10, seed=10, batch=2)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="pad on the left"):
+            model(ids[:, :1], past_key_values=cache, use_cache=True)
+
+
+def test_block_transformer_decoder_attends_only_within_its_patch():
+    """With patch_local_attention a byte's decoder states depend on no byte state of an earlier decoder patch."""
+    from blt_hf.masks import LocalAttentionPlan
+
+    model = build_model("static", seed=11, decoder_config=dict(sliding_window=64, patch_local_attention=True))
+    decoder = model.model.local_decoder
+    torch.manual_seed(0)
+    states = torch.randn(1, 20, 32)
+    byte_patch = torch.tensor([[1] * 5 + [2] * 7 + [3] * 8])  # indexes into the patch table below
+    patch_kv = decoder.patch_keys_values(torch.randn(1, 4, 64))
+    positions = torch.arange(20)[None]
+    valid = torch.ones(1, 20, dtype=torch.bool)
+    perturbed = states.clone()
+    perturbed[:, :12] += 1.0  # change every byte of the first two decoder patches
+
+    def run(x, segments):
+        return decoder(x, positions, LocalAttentionPlan(64, valid, segments), patch_kv, byte_patch)[0]
+
+    with torch.no_grad():
+        local = run(states, byte_patch), run(perturbed, byte_patch)
+        shared = run(states, None), run(perturbed, None)
+    torch.testing.assert_close(local[0][:, 12:], local[1][:, 12:], atol=0, rtol=0)
+    assert (shared[0][:, 12:] - shared[1][:, 12:]).abs().max() > 1e-3  # without it the change leaks through
+
+
+def test_block_transformer_decoder_cache_is_dropped_at_each_patch_boundary():
+    model = build_model("static", seed=11, patch_size=4, max_patch_length=None,
+                        decoder_config=dict(sliding_window=64, patch_local_attention=True))
+    ids = random_ids(60, seed=11)
+    with torch.no_grad():
+        out = model(ids[:, :20], use_cache=True)
+        cache = out.past_key_values
+        for position in range(20, 60):
+            assert cache.local_cache_sizes()["decoder"] <= 4  # only the bytes of the current decoder patch
+            out = model(ids[:, position : position + 1], past_key_values=cache, use_cache=True)
+        full = model(ids, use_cache=False).logits
+    torch.testing.assert_close(out.logits[:, -1], full[:, -1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["entropy", "static"])
+def test_twenty_thousand_generated_bytes_keep_local_caches_bounded(mode):
+    model = build_model(mode, seed=12, max_patch_length=8, encoder_config=dict(sliding_window=6),
+                        decoder_config=dict(sliding_window=5))
+    ids = random_ids(5, seed=12, batch=2)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=20_000, min_new_tokens=20_000, do_sample=True, top_k=50,
+                             return_dict_in_generate=True, eos_token_id=None)
+    cache = out.past_key_values
+    assert out.sequences.shape[1] == 20_005 and cache.get_seq_length() == 20_004
+    sizes = cache.local_cache_sizes()
+    assert sizes["patcher"] <= 6 and sizes["encoder"] <= 5 and sizes["decoder"] <= 4
+    assert sizes["open_patch"] <= 8  # bounded by max_patch_length
+    assert int(cache.num_patches.min()) >= 20_004 // 8
