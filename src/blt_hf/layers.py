@@ -10,9 +10,40 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+def recompute_in_backward(function, *args):
+    """Call `function`, keeping only its inputs for the backward pass (the rest is recomputed there).
+
+    Used for the attention cores, whose intermediates (gathered keys, key blocks) are several times larger than
+    their inputs while cheap to recompute.
+    """
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+    return function(*args)
+
+
+class _LeanRMSNorm(torch.autograd.Function):
+    """weight * x * rsqrt(mean(x^2) + eps), saving only x and the per-row scale for backward (fp32 inputs)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, scale)
+        return weight * (x * scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale = ctx.saved_tensors
+        normed = x * scale
+        grad_weight = (grad_out * normed).flatten(0, -2).sum(0)
+        grad_normed = grad_out * weight
+        grad_x = scale * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        return grad_x, grad_weight, None
 
 
 class BLTRMSNorm(nn.Module):
@@ -25,6 +56,8 @@ class BLTRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
+        if input_dtype == torch.float32 and self.weight.dtype == torch.float32 and torch.is_grad_enabled():
+            return _LeanRMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
         hidden_states = hidden_states.float()
         hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
@@ -66,6 +99,30 @@ def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations[:, None]).flatten(-2).type_as(x)
 
 
+class _LeanSwiGLU(torch.autograd.Function):
+    """down(silu(x W_gate^T) * (x W_up^T)), saving x and the two projections only: the SiLU and the product are
+    recomputed in backward (same matmuls, half the activation memory)."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, w_down):
+        gate, up = F.linear(x, w_gate), F.linear(x, w_up)
+        ctx.save_for_backward(x, gate, up, w_gate, w_up, w_down)
+        return F.linear(F.silu(gate) * up, w_down)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gate, up, w_gate, w_up, w_down = ctx.saved_tensors
+        sigmoid = torch.sigmoid(gate)
+        silu = gate * sigmoid
+        grad_hidden = grad_out @ w_down
+        grad_w_down = grad_out.flatten(0, -2).T @ (silu * up).flatten(0, -2)
+        grad_up = grad_hidden * silu
+        grad_gate = grad_hidden * up * sigmoid * (1 + gate * (1 - sigmoid))
+        grad_x = grad_gate @ w_gate + grad_up @ w_up
+        flat_x = x.flatten(0, -2)
+        return grad_x, grad_gate.flatten(0, -2).T @ flat_x, grad_up.flatten(0, -2).T @ flat_x, grad_w_down
+
+
 class BLTMLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
@@ -76,6 +133,10 @@ class BLTMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+                    for m in (self.gate_proj, self.up_proj, self.down_proj))
+        if plain and torch.is_grad_enabled():  # training: the memory-lean backward
+            return _LeanSwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -177,16 +238,10 @@ class BLTCrossAttention(nn.Module):
         patch_queries [B, P, k, d]; byte_states [B, L, d]; byte_patch [B, L] in 0..P, where P marks bytes that
         belong to no patch here. Returns [B, P, k, d]. A patch without bytes gets a zero attention output.
         """
-        batch, num_patches, slots, _ = patch_queries.shape
+        num_patches = patch_queries.shape[1]
         queries = self._queries(patch_queries)  # [B, P, k, H, D]
         keys, values = self._keys_values(byte_states)  # [B, L, H, D]
-        gather_index = byte_patch.clamp(max=num_patches - 1)
-        per_byte_queries = queries.gather(1, gather_index.view(batch, -1, 1, 1, 1).expand(-1, -1, *queries.shape[2:]))
-        scores = (per_byte_queries * keys[:, :, None]).sum(-1) * self.head_dim**-0.5  # [B, L, k, H]
-        weights = segment_softmax_weights(scores, byte_patch, num_patches + 1)
-        weighted = weights[..., None] * values[:, :, None]  # [B, L, k, H, D]
-        index = byte_patch.view(batch, -1, 1, 1, 1).expand_as(weighted)
-        pooled = weighted.new_zeros(batch, num_patches + 1, *weighted.shape[2:]).scatter_add(1, index, weighted)
+        pooled = recompute_in_backward(_pool_bytes_into_patches, queries, keys, values, byte_patch)
         out = self.o_proj(pooled[:, :num_patches].flatten(-2))
         return out + patch_queries
 
@@ -201,11 +256,29 @@ class BLTCrossAttention(nn.Module):
 
         byte_states [B, L, d]; patch_keys/values [B, P, k, H, D]; byte_patch [B, L] in 0..P-1. Returns [B, L, d].
         """
-        batch, length, _ = byte_states.shape
         queries = self._queries(byte_states)  # [B, L, H, D]
-        index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])
-        keys, values = patch_keys.gather(1, index), patch_values.gather(1, index)  # [B, L, k, H, D]
-        scores = (queries[:, :, None] * keys).sum(-1) * self.head_dim**-0.5  # [B, L, k, H]
-        weights = torch.softmax(scores.float(), dim=2).to(values.dtype)
-        out = (weights[..., None] * values).sum(2)  # [B, L, H, D]
+        out = recompute_in_backward(_read_patch_slots, queries, patch_keys, patch_values, byte_patch)
         return self.o_proj(out.flatten(-2)) + byte_states
+
+
+def _pool_bytes_into_patches(queries, keys, values, byte_patch):
+    """queries [B, P, k, H, D] of each patch; keys/values [B, L, H, D] of bytes; byte_patch [B, L] in 0..P.
+    Returns [B, P + 1, k, H, D]: for each patch slot, the softmax-weighted values of that patch's bytes."""
+    batch, num_patches = queries.shape[:2]
+    gather_index = byte_patch.clamp(max=num_patches - 1).view(batch, -1, 1, 1, 1)
+    per_byte_queries = queries.gather(1, gather_index.expand(-1, -1, *queries.shape[2:]))  # [B, L, k, H, D]
+    scores = (per_byte_queries * keys[:, :, None]).sum(-1) * queries.shape[-1] ** -0.5  # [B, L, k, H]
+    weights = segment_softmax_weights(scores, byte_patch, num_patches + 1)
+    weighted = weights[..., None] * values[:, :, None]  # [B, L, k, H, D]
+    index = byte_patch.view(batch, -1, 1, 1, 1).expand_as(weighted)
+    return weighted.new_zeros(batch, num_patches + 1, *weighted.shape[2:]).scatter_add(1, index, weighted)
+
+
+def _read_patch_slots(queries, patch_keys, patch_values, byte_patch):
+    """queries [B, L, H, D] of bytes; patch_keys/values [B, P, k, H, D]; byte_patch [B, L] -> [B, L, H, D]."""
+    batch, length = byte_patch.shape
+    index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])
+    keys, values = patch_keys.gather(1, index), patch_values.gather(1, index)  # [B, L, k, H, D]
+    scores = (queries[:, :, None] * keys).sum(-1) * queries.shape[-1] ** -0.5  # [B, L, k, H]
+    weights = torch.softmax(scores.float(), dim=2).to(values.dtype)
+    return (weights[..., None] * values).sum(2)

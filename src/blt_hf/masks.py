@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layers import recompute_in_backward
+
 
 def _sdpa(q, k, v, mask=None, is_causal=False):
     return F.scaled_dot_product_attention(
@@ -128,9 +130,10 @@ class LocalAttentionPlan:
         if self.is_plain_causal:
             return _sdpa(q, k, v, is_causal=True)
         if self.use_blocks:
-            return blocked_window_attention(
-                q, k, v, self.query_offset, self.window, self.key_valid, self.key_segments
-            )
+            args = (q, k, v, self.query_offset, self.window, self.key_valid, self.key_segments)
+            if self.num_new > 2 * self.window:  # long inputs: key blocks are ~3x the keys, keep only q, k, v
+                return recompute_in_backward(blocked_window_attention, *args)
+            return blocked_window_attention(*args)
         return _sdpa(q, k, v, self.mask)
 
 

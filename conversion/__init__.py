@@ -1,0 +1,1 @@
+"""Checkpoint converters into blt_hf folders (run as scripts: python conversion/convert_*.py SRC DST)."""
