@@ -25,7 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from eval.common import SEPARATORS, TRANSFORMERS_BENCH_CONFIG, byte_rows, emit, license_text, machine_header, print_table  # noqa: E402,E501
+from eval.common import (  # noqa: E402,E501
+    SEPARATORS,
+    TRANSFORMERS_BENCH_CONFIG,
+    byte_rows,
+    emit,
+    license_text,
+    machine_header,
+    print_table,
+)
 
 SEPARATOR_IDS = torch.tensor(list(SEPARATORS)) + 4
 
@@ -73,7 +81,9 @@ def matched_llama(blt):
                          bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    non_embedding = sum(
+        p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n
+    )
     return model, target, non_embedding
 
 

@@ -24,11 +24,11 @@ import torch  # noqa: E402
 
 from eval.common import (  # noqa: E402
     TRANSFORMERS_BENCH_CONFIG,
+    MemorySampler,
     byte_rows,
     emit,
     license_text,
     machine_header,
-    MemorySampler,
     print_table,
     run_worker,
     space_like_patch_lengths,

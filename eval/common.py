@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-LICENSE_TEXTS = [f"/usr/share/common-licenses/{name}" for name in ("GPL-3", "Apache-2.0", "GFDL-1.3", "Artistic", "BSD")]
+LICENSE_TEXTS = [
+    f"/usr/share/common-licenses/{name}" for name in ("GPL-3", "Apache-2.0", "GFDL-1.3", "Artistic", "BSD")
+]
 SEPARATORS = b" \n\t.,;:!?()"
 
 # The 70M benchmark configuration of transformers' Blt (shared/reference/transformers-blt.md, section 3).
@@ -112,9 +114,8 @@ class MemorySampler:
             self._stop.wait(self.interval)
 
     def __enter__(self):
-        import threading
-
         import gc
+        import threading
 
         gc.collect()
         self.start_mb = self.peak_mb = self.process.memory_info().rss / 2**20

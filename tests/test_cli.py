@@ -1,6 +1,7 @@
 """blt-hf patch / calibrate."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ TEXT = "The entropy model decides where patches start. Patches are long where te
 def checkpoint(tmp_path):
     tiny_model(seed=21, patching_threshold=5.15).save_pretrained(tmp_path / "model")
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text((TEXT + "\n") * 40 + open("/usr/share/common-licenses/Apache-2.0").read())
+    license_text = Path("/usr/share/common-licenses/Apache-2.0").read_text()
+    corpus.write_text((TEXT + "\n") * 40 + license_text)
     return tmp_path / "model", corpus
 
 
@@ -49,8 +51,8 @@ def test_calibrate_fits_the_threshold_to_the_target_patch_size(checkpoint, capsy
     assert config.patching_threshold == pytest.approx(result["threshold"])
     assert config.monotonicity == (rule == "monotonic")
     # the saved threshold reproduces the patch size when the model patches by itself
-    from blt_hf.cli import _read_rows, bytes_per_patch
     from blt_hf import BLTForCausalLM, PatchingRule
+    from blt_hf.cli import _read_rows, bytes_per_patch
 
     model = BLTForCausalLM.from_pretrained(model_dir)
     ids, mask = _read_rows([str(corpus)], 1024, 2_000_000)

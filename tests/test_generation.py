@@ -2,7 +2,6 @@
 and without the cache against a plain full-recompute loop, GenerationMixin features, bounded memory."""
 
 import io
-import itertools
 import random
 from contextlib import redirect_stdout
 
@@ -155,7 +154,8 @@ def test_logits_processors_stopping_criteria_streamer_and_dict_outputs():
     stream = io.StringIO()
     with torch.no_grad(), redirect_stdout(stream):
         first = model.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=None,
-                               logits_processor=LogitsProcessorList([BanByte()]), streamer=TextStreamer(tok, skip_special_tokens=True))
+                               logits_processor=LogitsProcessorList([BanByte()]),
+                               streamer=TextStreamer(tok, skip_special_tokens=True))
     new = first[0, ids.shape[1] :]
     assert 101 not in new.tolist()
     assert stream.getvalue().strip() == tok.decode(first[0], skip_special_tokens=True).strip()

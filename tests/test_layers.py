@@ -33,7 +33,7 @@ def test_lean_swiglu_backward_matches_autograd_of_the_formula():
     xr, wg, wu, wd = leaves
     reference = F.linear(F.silu(F.linear(xr, wg)) * F.linear(xr, wu), wd)
     (reference * upstream.double()).sum().backward()
-    for got, leaf in zip(grads, leaves):
+    for got, leaf in zip(grads, leaves, strict=True):
         torch.testing.assert_close(got.double(), leaf.grad, atol=1e-5, rtol=1e-4)
 
 

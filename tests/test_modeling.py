@@ -115,7 +115,7 @@ def test_save_and_from_pretrained_round_trip_exactly(tmp_path):
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_blt_hf.BLTForCausalLM"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(loaded, BLTForCausalLM)
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     ids = random_ids(60, seed=6)
     assert torch.equal(model(ids).logits, loaded(ids).logits)

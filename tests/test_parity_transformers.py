@@ -70,6 +70,6 @@ def test_patching_is_variable_in_parity_inputs():
 def test_round_trip_to_transformers_and_back_is_exact():
     hf, ours = _pair("global_input_projection", seed=5)
     back = from_transformers(to_transformers(ours))
-    for (name, a), (_, b) in zip(ours.state_dict().items(), back.state_dict().items()):
+    for (name, a), (_, b) in zip(ours.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert back.config.to_dict() == ours.config.to_dict()

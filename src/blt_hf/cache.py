@@ -87,10 +87,8 @@ class SlidingWindowCache:
         if self.end + n > capacity:
             live = self.end - self.start
             needed = live + n
-            if self.keep is not None:
-                new_capacity = max(2 * (self.keep + n), needed)
-            else:
-                new_capacity = max(2 * capacity, needed, 64)
+            # windowed: room for two windows, so relocations are rare; unbounded: grow geometrically
+            new_capacity = max(2 * (self.keep + n), needed) if self.keep is not None else max(2 * capacity, needed, 64)
             if self._valid is None:
                 self._valid = new_valid.new_zeros(new_valid.shape[0], new_capacity)
                 if new_segments is not None:
@@ -119,7 +117,8 @@ class SlidingWindowCache:
             self.keys[layer_idx], self.values[layer_idx] = fresh_k, fresh_v
         self.keys[layer_idx][:, :, self.end : self.end + n] = keys
         self.values[layer_idx][:, :, self.end : self.end + n] = values
-        return self.keys[layer_idx][:, :, self.start : self.end + n], self.values[layer_idx][:, :, self.start : self.end + n]
+        visible = slice(self.start, self.end + n)
+        return self.keys[layer_idx][:, :, visible], self.values[layer_idx][:, :, visible]
 
     def select_rows(self, index: torch.Tensor) -> None:
         self._commit()

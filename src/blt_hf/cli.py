@@ -60,10 +60,14 @@ def _show(report: dict) -> str:
         body = (b"<s>" if start == 0 else b"") + data[max(start - 1, 0) : max(end - 1, 0)]
         return body.decode("utf-8", "replace")
 
-    lines = ["|" + "|".join(piece(s, e) for s, e in report["patches"]) + "|"]
+    patches = report["patches"]
+    next_opens = patches[-1][0] == len(data) + 1  # the last "patch" holds only the virtual next position
+    shown = patches[:-1] if next_opens else patches
+    lines = ["|" + "|".join(piece(s, e) for s, e in shown) + "|"]
     lines.append(
-        f"{len(data)} bytes in {len(report['patches'])} patches ({report['mode']} patching"
-        + (f", threshold {report['threshold']:.4f} nats)" if report["threshold"] is not None else ")")
+        f"{len(data)} bytes in {len(shown)} patches ({report['mode']} patching"
+        + (f", threshold {report['threshold']:.4f} nats" if report["threshold"] is not None else "")
+        + ("; the next byte starts a new patch)" if next_opens else ")")
     )
     if report["entropies"] is not None:
         starts = {s for s, _ in report["patches"]}

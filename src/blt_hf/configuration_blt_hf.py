@@ -118,23 +118,22 @@ class BLTPatcherConfig(_StackConfigMixin, PreTrainedConfig):
 
 
 @strict
-class BLTLocalEncoderConfig(_StackConfigMixin, PreTrainedConfig):
-    r"""Local encoder: byte + hash n-gram embeddings, windowed self-attention, cross-attention pooling into patches.
+class _BLTLocalStackConfig(_StackConfigMixin, PreTrainedConfig):
+    r"""Fields shared by the local encoder and the local decoder (byte-level stacks with cross-attention).
 
     Args:
         hidden_size / num_hidden_layers / num_attention_heads / num_key_value_heads / intermediate_size:
-            Transformer shape of the byte layers.
+            Transformer shape of the byte layers (encoder and decoder widths must match).
         sliding_window: Local self-attention window in bytes (released models: 512; None: full causal context).
-        cross_attn_all_layers: Cross-attend after every layer (True) or only after the last one (False).
-        cross_attn_num_heads / cross_attn_num_key_value_heads: Heads of the patch<-byte cross-attention
+        cross_attn_all_layers: Cross-attention at every layer, or at one layer only.
+        cross_attn_num_heads / cross_attn_num_key_value_heads: Heads of the byte/patch cross-attention
             (default: the self-attention heads, as in transformers' Blt).
-        cross_attn_repool_each_layer: With `cross_attn_all_layers`, re-initialise the patch queries by max-pooling
-            before every cross-attention, as transformers' Blt does. The official code pools once (False).
         rms_norm_eps, max_position_embeddings, rope_parameters, dropout: as usual; released rope_theta is 500000.
     """
 
-    model_type = "blt_hf_local_encoder"
+    model_type = "blt_hf_local_stack"
     default_theta = 500000.0
+    stack_name = "local_config"
 
     hidden_size: int = 1024
     num_hidden_layers: int = 1
@@ -145,7 +144,6 @@ class BLTLocalEncoderConfig(_StackConfigMixin, PreTrainedConfig):
     cross_attn_all_layers: bool = False
     cross_attn_num_heads: int | None = None
     cross_attn_num_key_value_heads: int | None = None
-    cross_attn_repool_each_layer: bool = False
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 24576
     rope_parameters: dict | None = None
@@ -154,8 +152,24 @@ class BLTLocalEncoderConfig(_StackConfigMixin, PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._check_stack("encoder_config")
-        self._check_cross_attention("encoder_config")
+        self._check_stack(self.stack_name)
+        self._check_cross_attention(self.stack_name)
+
+
+@strict
+class BLTLocalEncoderConfig(_BLTLocalStackConfig):
+    r"""Local encoder: byte + hash n-gram embeddings, windowed self-attention, cross-attention pooling into patches.
+
+    Args (besides the shared local-stack fields):
+        cross_attn_all_layers: Cross-attend after every layer (True) or only after the last one (False, released).
+        cross_attn_repool_each_layer: With `cross_attn_all_layers`, re-initialise the patch queries by max-pooling
+            before every cross-attention, as transformers' Blt does. The official code pools once (False).
+    """
+
+    model_type = "blt_hf_local_encoder"
+    stack_name = "encoder_config"
+
+    cross_attn_repool_each_layer: bool = False
 
 
 @strict
@@ -193,43 +207,22 @@ class BLTGlobalTransformerConfig(_StackConfigMixin, PreTrainedConfig):
 
 
 @strict
-class BLTLocalDecoderConfig(_StackConfigMixin, PreTrainedConfig):
+class BLTLocalDecoderConfig(_BLTLocalStackConfig):
     r"""Local decoder: cross-attends from bytes to patch states (before each layer), windowed self-attention, head.
 
-    Args:
-        hidden_size / num_hidden_layers / num_attention_heads / num_key_value_heads / intermediate_size:
-            Transformer shape; `hidden_size` must equal the encoder's (the decoder reads the encoder's byte states).
-        sliding_window: Local self-attention window in bytes (None: full causal context).
+    Args (besides the shared local-stack fields):
+        num_hidden_layers: 9 in the released 1B model.
         cross_attn_all_layers: Cross-attention before every layer (True, released) or only before the first.
-        cross_attn_num_heads / cross_attn_num_key_value_heads: Heads of the byte<-patch cross-attention.
         patch_local_attention: Restrict self-attention to the bytes decoded from the same patch state: the Block
             Transformer's block-local token decoder (Ho et al., 2024). Its KV cache is dropped at every boundary.
-        rms_norm_eps, max_position_embeddings, rope_parameters, dropout: as usual.
     """
 
     model_type = "blt_hf_local_decoder"
-    default_theta = 500000.0
+    stack_name = "decoder_config"
 
-    hidden_size: int = 1024
     num_hidden_layers: int = 9
-    num_attention_heads: int = 16
-    num_key_value_heads: int | None = None
-    intermediate_size: int | None = 2816
-    sliding_window: int | None = 512
     cross_attn_all_layers: bool = True
-    cross_attn_num_heads: int | None = None
-    cross_attn_num_key_value_heads: int | None = None
     patch_local_attention: bool = False
-    rms_norm_eps: float = 1e-5
-    max_position_embeddings: int = 24576
-    rope_parameters: dict | None = None
-    dropout: float | int = 0.0
-    initializer_range: float = 0.02
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._check_stack("decoder_config")
-        self._check_cross_attention("decoder_config")
 
 
 @strict

@@ -27,7 +27,9 @@ def _stack(sub_config, **extra) -> dict:
 
 def config_from_transformers(hf_config) -> BLTConfig:
     """A `BLTConfig` that computes exactly what the given transformers `BltConfig` computes."""
-    entropy = bool(hf_config.patch_in_forward) and hf_config.patching_mode == "entropy" and hf_config.patch_size is not None
+    entropy = (
+        bool(hf_config.patch_in_forward) and hf_config.patching_mode == "entropy" and hf_config.patch_size is not None
+    )
     window = hf_config.local_attention_window_len
     encoder, decoder = hf_config.encoder_config, hf_config.decoder_config
     patcher, global_ = hf_config.patcher_config, hf_config.global_config
@@ -123,7 +125,7 @@ def config_to_transformers(config: BLTConfig):
 
 
 def _load_exactly(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    result = model.load_state_dict(state_dict, strict=False)
+    result = model.load_state_dict(state_dict, strict=True)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{source} weights do not match the converted config: missing {sorted(result.missing_keys)}, "

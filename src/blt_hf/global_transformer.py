@@ -27,7 +27,8 @@ class BLTGlobalTransformer(nn.Module):
 
     def forward(self, patch_vectors: torch.Tensor, attention_plan: PatchAttentionPlan, output_hidden_states=False):
         """patch_vectors [B, m, k * d_enc] -> patch states [B, m, d_global] (and every layer's output if asked)."""
-        hidden = F.dropout(self.token_embedding_projection(patch_vectors), p=self.config.dropout, training=self.training)
+        hidden = self.token_embedding_projection(patch_vectors)
+        hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
         for layer in self.layers:

@@ -230,6 +230,15 @@ class BLTCrossAttention(nn.Module):
     def _queries(self, states: torch.Tensor) -> torch.Tensor:
         return self.q_proj(self.q_norm(states)).view(*states.shape[:-1], self.num_heads, self.head_dim)
 
+    @classmethod
+    def for_layers(cls, config, count: int) -> nn.ModuleList:
+        """`count` cross-attentions with a local stack config's sizes."""
+        return nn.ModuleList(
+            cls(config.hidden_size, config.cross_attn_num_heads, config.cross_attn_num_key_value_heads,
+                config.rms_norm_eps)
+            for _ in range(count)
+        )
+
     def patches_from_bytes(
         self, patch_queries: torch.Tensor, byte_states: torch.Tensor, byte_patch: torch.Tensor
     ) -> torch.Tensor:

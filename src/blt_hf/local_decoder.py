@@ -24,13 +24,7 @@ class BLTLocalDecoder(nn.Module):
         self.patch_embedding_projection = nn.Linear(global_hidden_size, config.hidden_size * cross_attn_k, bias=False)
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         num_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList(
-            BLTCrossAttention(
-                config.hidden_size, config.cross_attn_num_heads, config.cross_attn_num_key_value_heads,
-                config.rms_norm_eps,
-            )
-            for _ in range(num_cross)
-        )
+        self.cross_attn_layers = BLTCrossAttention.for_layers(config, num_cross)
 
     def patch_keys_values(self, patch_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Global patch states [B, P, d_global] -> per cross-attention layer, keys and values [B, P, k, H, D]."""

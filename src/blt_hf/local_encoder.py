@@ -32,13 +32,7 @@ class BLTLocalEncoder(nn.Module):
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
         num_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList(
-            BLTCrossAttention(
-                config.hidden_size, config.cross_attn_num_heads, config.cross_attn_num_key_value_heads,
-                config.rms_norm_eps,
-            )
-            for _ in range(num_cross)
-        )
+        self.cross_attn_layers = BLTCrossAttention.for_layers(config, num_cross)
 
     @property
     def cross_attention_layer_indices(self) -> list[int]:
@@ -70,7 +64,7 @@ class BLTLocalEncoder(nn.Module):
         byte_patch [B, L]: patch of each byte in 0..P-1, or P for bytes outside the patches being encoded.
         """
         queries = None
-        for layer_states, cross_attention in zip(cross_states, self.cross_attn_layers):
+        for layer_states, cross_attention in zip(cross_states, self.cross_attn_layers, strict=True):
             if queries is None or self.config.cross_attn_repool_each_layer:
                 queries = self._initial_queries(layer_states, byte_patch, num_patches)
             # the module returns attention + queries; adding the queries again is the released residual

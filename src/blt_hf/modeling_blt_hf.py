@@ -222,7 +222,7 @@ class BLTModel(BLTPreTrainedModel):
             if open_states is not None:
                 open_patch = torch.where(open_valid & (new_patches[:, None] > 0), 0, num_new)
                 byte_patch = torch.cat((open_patch, chunk_patch), dim=1)
-                states = [torch.cat((o, s), dim=1) for o, s in zip(open_states, cross_states)]
+                states = [torch.cat((o, s), dim=1) for o, s in zip(open_states, cross_states, strict=True)]
             patch_vectors = self.local_encoder.encode_patches(states, byte_patch, num_new)
             global_plan = PatchAttentionPlan(num_new, new_patches, cache.global_ if cache is not None else None)
             patch_states, global_hidden = self.global_transformer(patch_vectors, global_plan, output_hidden_states)
@@ -290,7 +290,10 @@ class BLTModel(BLTPreTrainedModel):
             current = [(zeros, zeros)] * len(decoder.cross_attn_layers)
         if new_patch_kv is None:
             return current
-        return [(torch.cat((ck, nk), 1), torch.cat((cv, nv), 1)) for (ck, cv), (nk, nv) in zip(current, new_patch_kv)]
+        return [
+            (torch.cat((ck, nk), 1), torch.cat((cv, nv), 1))
+            for (ck, cv), (nk, nv) in zip(current, new_patch_kv, strict=True)
+        ]
 
     def _update_cache(self, cache, ids, valid, num_bytes, length, local_patch, new_patches, cross_states, patch_kv):
         cache.seen_tokens += length
@@ -301,7 +304,7 @@ class BLTModel(BLTPreTrainedModel):
         keep_chunk = valid & (local_patch == new_patches[:, None])
         if cache.open_patch_states is not None:
             keep = torch.cat((cache.open_patch_valid & (new_patches[:, None] == 0), keep_chunk), dim=1)
-            states = [torch.cat((o, s), dim=1) for o, s in zip(cache.open_patch_states, cross_states)]
+            states = [torch.cat((o, s), dim=1) for o, s in zip(cache.open_patch_states, cross_states, strict=True)]
         else:
             keep, states = keep_chunk, cross_states
         compacted = [_compact(s, keep) for s in states]
@@ -386,7 +389,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         )
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, *args):
-        """generate(): start an empty `BLTCache` (never a DynamicCache) unless the user passed one or use_cache=False."""
+        """generate(): an empty `BLTCache` (never a DynamicCache) unless the user passed one or use_cache=False."""
         cache = model_kwargs.get("past_key_values")
         if cache is not None:
             if not isinstance(cache, BLTCache):

@@ -166,12 +166,15 @@ def starts_from_patch_lengths(patch_lengths: torch.Tensor, num_bytes: torch.Tens
     nonzero = lengths > 0
     later_nonzero = nonzero.flip(1).cumsum(1).flip(1) - nonzero.long() > 0
     if ((~nonzero) & later_nonzero).any():
-        raise ValueError("patch_lengths have a zero-length patch before a non-empty one; only trailing zeros are allowed")
+        raise ValueError(
+            "patch_lengths have a zero-length patch before a non-empty one; only trailing zeros are allowed"
+        )
     has_bytes = num_bytes > 0
     if (has_bytes & (lengths[:, 0] != 1)).any():
         raise ValueError(
             "the first patch must be exactly one byte (BOS alone): each byte reads the patch before its "
-            f"target's patch, so a longer first patch would leak future bytes; got first lengths {lengths[:, 0].tolist()}"
+            "target's patch, so a longer first patch would leak future bytes; "
+            f"got first lengths {lengths[:, 0].tolist()}"
         )
     begins = lengths.cumsum(1) - lengths
     is_start = nonzero | ((begins == num_bytes[:, None]) & (totals == num_bytes)[:, None])

@@ -249,11 +249,11 @@ def _load_patcher_from_checkpoint(source: str, config: BLTConfig):
     state = {}
     for path in files:
         with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(prefix):
                     state[key[len(prefix) :]] = handle.get_tensor(key)
     patcher = BLTPatcher(config.patcher_config)
-    result = patcher.load_state_dict(state, strict=False)
+    result = patcher.load_state_dict(state, strict=True)
     missing = [k for k in result.missing_keys if "rotary" not in k]
     if missing or result.unexpected_keys:
         raise ValueError(
