@@ -2,6 +2,7 @@
 
     blt-hf patch "Some text" --model DIR [--plot out.png]   show the patches and per-byte entropies
     blt-hf calibrate --target-bytes-per-patch 4.5 FILE... --model DIR [--rule global|monotonic|combined]
+    blt-hf convert-llama LLAMA_DIR OUT_DIR [--patcher DIR] [--cross-attn-k 2] ...
 """
 
 from __future__ import annotations
@@ -224,7 +225,33 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_argument("--max-bytes", type=int, default=2_000_000, help="sample at most this much text")
     calibrate.add_argument("--output", help="folder for the updated config.json (default: the model folder)")
 
+    convert = commands.add_parser("convert-llama", help="byte-ify a Hugging Face Llama checkpoint folder")
+    convert.add_argument("source", help="Llama checkpoint folder (config.json + safetensors)")
+    convert.add_argument("destination", help="new BLT folder (must not exist or be empty)")
+    convert.add_argument("--patcher", help="copy the entropy model (and its patching settings) from this folder")
+    convert.add_argument("--cross-attn-k", type=int, default=2)
+    convert.add_argument("--local-hidden-size", type=int, help="default: Llama hidden size / cross-attn-k")
+    convert.add_argument("--local-heads", type=int, help="default: 64-dimensional heads")
+    convert.add_argument("--encoder-layers", type=int, default=1)
+    convert.add_argument("--decoder-layers", type=int, default=4)
+    convert.add_argument("--window", type=int, default=512, help="local attention window in bytes")
+    convert.add_argument("--hash-vocab", type=int, default=50002, help="rows per hash n-gram table")
+    convert.add_argument("--patching-mode", choices=["entropy", "static", "space", "byte"])
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
     args = parser.parse_args(argv)
+    if args.command == "convert-llama":
+        from .conversion_llama import convert_llama
+
+        options = dict(cross_attn_k=args.cross_attn_k, local_hidden_size=args.local_hidden_size,
+                       local_heads=args.local_heads, encoder_layers=args.encoder_layers,
+                       decoder_layers=args.decoder_layers, window=args.window, hash_vocab=args.hash_vocab)
+        if args.patching_mode:
+            options["patching_mode"] = args.patching_mode
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        convert_llama(args.source, args.destination, patcher=args.patcher, dtype=dtype, **options)
+        print(f"wrote {args.destination}")
+        return 0
     if args.command == "patch":
         model, _ = _load(args.model)
         report = patch_report(model, args.text)

@@ -1,0 +1,200 @@
+"""Byte-ify a Llama: a BLT whose global transformer holds a Llama checkpoint's decoder layers.
+
+Every non-embedding weight of the Llama decoder layers (attention, MLP, both norms) moves into
+`model.global_transformer`; the token embeddings and the LM head are dropped (a BLT's global transformer reads
+patch vectors and writes patch states). Llama's final norm is dropped too: BLT's global transformer has none, and
+the local decoder normalises patch states (its cross-attention `k_norm`) before reading them. Global sizes, GQA,
+RoPE theta and `llama3` scaling come from the Llama config; the local encoder, local decoder, hash embeddings and
+cross-attention are freshly initialised, and the entropy model is copied from a given folder or initialised.
+
+Hugging Face Llama checkpoints store q/k rows permuted for `rotate_half` (pairs i, i + d/2); BLT rotates adjacent
+pairs (2i, 2i+1). The converter reorders those rows, so each converted layer computes exactly what Llama's does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoints import check_tensors, load_state_dict, map_keys, write_folder_atomically
+from .configuration_blt_hf import BLTConfig
+
+LLAMA_LAYER_WEIGHTS = (
+    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+    "input_layernorm.weight", "post_attention_layernorm.weight",
+)
+LLAMA_KEY_TABLE: dict[str, str | None] = {
+    **{f"model.layers.{{}}.{name}": f"model.global_transformer.layers.{{}}.{name}" for name in LLAMA_LAYER_WEIGHTS},
+    "model.embed_tokens.weight": None,  # bytes are embedded by the local encoder
+    "lm_head.weight": None,  # bytes are predicted by the local decoder
+    "model.norm.weight": None,  # BLT's global transformer has no final norm (see the module docstring)
+    "model.rotary_emb.inv_freq": None,
+    "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
+}
+
+
+def halves_to_pairs(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder q/k projection rows from `rotate_half` layout (i, i + d/2) to adjacent pairs (2i, 2i + 1), per head."""
+    rows, columns = weight.shape
+    head_dim = rows // num_heads
+    return weight.view(num_heads, 2, head_dim // 2, columns).transpose(1, 2).reshape(rows, columns)
+
+
+def pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of `halves_to_pairs`."""
+    rows, columns = weight.shape
+    head_dim = rows // num_heads
+    return weight.view(num_heads, head_dim // 2, 2, columns).transpose(1, 2).reshape(rows, columns)
+
+
+def global_config_from_llama(llama_config) -> dict:
+    """The global-transformer sub-config of a Llama config; ValueError for Llama variants BLT cannot hold."""
+    problems = []
+    if getattr(llama_config, "model_type", None) != "llama":
+        raise ValueError(f"expected a Llama checkpoint (model_type 'llama'), got {llama_config.model_type!r}")
+    if getattr(llama_config, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={llama_config.hidden_act!r} (BLT layers use SiLU)")
+    if getattr(llama_config, "attention_bias", False) or getattr(llama_config, "mlp_bias", False):
+        problems.append("biases in attention or MLP")
+    head_dim = getattr(llama_config, "head_dim", None)
+    if head_dim not in (None, llama_config.hidden_size // llama_config.num_attention_heads):
+        problems.append(f"head_dim={head_dim} != hidden_size / num_attention_heads")
+    rope = dict(getattr(llama_config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
+    if rope.get("rope_type", "default") not in ("default", "llama3"):
+        problems.append(f"rope_type={rope.get('rope_type')!r} (supported: default, llama3)")
+    if problems:
+        raise ValueError("this Llama cannot be converted: " + "; ".join(problems))
+    return dict(
+        hidden_size=llama_config.hidden_size,
+        num_hidden_layers=llama_config.num_hidden_layers,
+        num_attention_heads=llama_config.num_attention_heads,
+        num_key_value_heads=llama_config.num_key_value_heads or llama_config.num_attention_heads,
+        intermediate_size=llama_config.intermediate_size,
+        rms_norm_eps=float(llama_config.rms_norm_eps),
+        max_position_embeddings=llama_config.max_position_embeddings,
+        rope_parameters=rope,
+    )
+
+
+def global_state_from_llama(state: dict[str, torch.Tensor], llama_config) -> dict[str, torch.Tensor]:
+    """Llama decoder-layer tensors under blt_hf names, q/k rows reordered for BLT's RoPE layout."""
+    mapped = map_keys(state, LLAMA_KEY_TABLE, "Llama checkpoint")
+    heads = llama_config.num_attention_heads
+    kv_heads = llama_config.num_key_value_heads or heads
+    for name in list(mapped):
+        if name.endswith("self_attn.q_proj.weight"):
+            mapped[name] = halves_to_pairs(mapped[name], heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            mapped[name] = halves_to_pairs(mapped[name], kv_heads)
+    return mapped
+
+
+def blt_config_for_llama(
+    llama_config,
+    local_hidden_size: int | None = None,
+    local_heads: int | None = None,
+    encoder_layers: int = 1,
+    decoder_layers: int = 4,
+    cross_attn_k: int = 2,
+    window: int = 512,
+    hash_sizes=(3, 4, 5, 6, 7, 8),
+    hash_vocab: int = 50002,
+    patcher_config: dict | None = None,
+    **top_level,
+) -> BLTConfig:
+    """A BLTConfig around the Llama's layers; local sizes default to hidden / cross_attn_k with 64-d heads."""
+    global_config = global_config_from_llama(llama_config)
+    local_hidden_size = local_hidden_size or global_config["hidden_size"] // cross_attn_k
+    local_heads = local_heads or max(1, local_hidden_size // 64)
+    local = dict(hidden_size=local_hidden_size, num_attention_heads=local_heads, intermediate_size=None,
+                 sliding_window=window, rms_norm_eps=global_config["rms_norm_eps"])
+    values = dict(
+        cross_attn_k=cross_attn_k,
+        encoder_hash_byte_group_size=list(hash_sizes),
+        encoder_hash_byte_group_vocab=hash_vocab,
+        encoder_config=dict(local, num_hidden_layers=encoder_layers),
+        decoder_config=dict(local, num_hidden_layers=decoder_layers),
+        global_config=global_config,
+    )
+    if patcher_config is not None:
+        values["patcher_config"] = patcher_config
+    values.update(top_level)
+    return BLTConfig(**values)
+
+
+def _load_patcher_source(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(patcher sub-config, patcher weights without prefix, patching settings) from a BLT or a patcher folder."""
+    config = json.loads((folder / "config.json").read_text())
+    state = load_state_dict(folder)
+    if config.get("model_type") == "blt_hf":
+        prefix = "model.patcher."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"{folder} is a BLT without an entropy model")
+        settings = {k: config[k] for k in ("patching_mode", "patching_threshold", "patching_threshold_add",
+                                           "monotonicity", "max_patch_length") if k in config}
+        return config["patcher_config"], weights, settings
+    if config.get("model_type") == "blt_hf_patcher":
+        return config, state, {}
+    raise ValueError(f"{folder} holds neither a blt_hf BLT nor a blt_hf entropy model")
+
+
+def convert_llama(
+    source: str | Path,
+    destination: str | Path,
+    patcher: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **options,
+):
+    """Convert a Hugging Face Llama folder into a blt_hf BLT folder (written atomically). Returns the model."""
+    from transformers import AutoConfig
+
+    from .modeling_blt_hf import BLTForCausalLM
+    from .tokenization_blt_hf import BLTTokenizer
+
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise ValueError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if model_type != "llama":
+        raise ValueError(f"{source} holds a {model_type!r} checkpoint; expected a Llama (model_type 'llama')")
+    llama_config = AutoConfig.from_pretrained(source)
+    state = load_state_dict(source)
+    global_state = global_state_from_llama(state, llama_config)
+
+    patcher_weights, settings = None, {}
+    if patcher is not None:
+        patcher_config, patcher_weights, settings = _load_patcher_source(Path(patcher))
+        options.setdefault("patcher_config", patcher_config)
+    for key, value in settings.items():
+        options.setdefault(key, value)
+    config = blt_config_for_llama(llama_config, **options)
+
+    torch.manual_seed(seed)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous_dtype)  # build in the target dtype: no fp32 copy of a big model
+    try:
+        model = BLTForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+    expected = {
+        f"model.global_transformer.{name}": tensor
+        for name, tensor in model.model.global_transformer.state_dict().items()
+        if not name.startswith("token_embedding_projection")  # new when k * d_enc != d_global
+    }
+    check_tensors(global_state, expected, "Llama layers")
+    model.load_state_dict(global_state, strict=False)
+    if patcher_weights is not None:
+        check_tensors(patcher_weights, model.model.patcher.state_dict(), f"entropy model from {patcher}")
+        model.model.patcher.load_state_dict(patcher_weights)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        BLTTokenizer().save_pretrained(folder)
+
+    write_folder_atomically(destination, write)
+    return model

@@ -1,0 +1,140 @@
+"""Byte-ifying a Llama: the converted global transformer computes exactly what Llama's decoder layers compute."""
+
+import json
+
+import pytest
+import torch
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from blt_hf import BLTForCausalLM
+from blt_hf.cache import PatchKVCache
+from blt_hf.conversion_llama import convert_llama, halves_to_pairs, pairs_to_halves
+from blt_hf.masks import PatchAttentionPlan
+from tests.utils import perturb_norms, random_ids
+
+LLAMAS = {
+    "gqa": dict(num_attention_heads=4, num_key_value_heads=2),
+    "llama3_rope_scaling": dict(
+        num_attention_heads=4, num_key_value_heads=1,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    ),
+    "tied_embeddings": dict(num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+def tiny_llama(variant, seed=0):
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+                         max_position_embeddings=256, rms_norm_eps=1e-5, **LLAMAS[variant])
+    torch.manual_seed(seed)
+    return perturb_norms(LlamaForCausalLM(config), seed).eval()
+
+
+def llama_layers(llama, vectors, cache=None):
+    """Llama's decoder layers on input vectors, without its final norm."""
+    norm, llama.model.norm = llama.model.norm, torch.nn.Identity()
+    try:
+        return llama.model(inputs_embeds=vectors, past_key_values=cache, use_cache=cache is not None).last_hidden_state
+    finally:
+        llama.model.norm = norm
+
+
+def blt_global(blt, vectors, cache=None):
+    batch, count, _ = vectors.shape
+    plan = PatchAttentionPlan(count, torch.full((batch,), count), cache)
+    return blt.model.global_transformer(vectors, plan)[0]
+
+
+@pytest.mark.parametrize("variant", sorted(LLAMAS))
+def test_converted_global_transformer_matches_llama_layers(tmp_path, variant):
+    llama = tiny_llama(variant, seed=1)
+    llama.save_pretrained(tmp_path / "llama", max_shard_size="100KB")  # sharded safetensors
+    assert (tmp_path / "llama" / "model.safetensors.index.json").is_file()
+    convert_llama(tmp_path / "llama", tmp_path / "blt", cross_attn_k=2, local_heads=2, decoder_layers=2,
+                  hash_vocab=97, patching_mode="space", has_patcher=False)
+    blt = BLTForCausalLM.from_pretrained(tmp_path / "blt").eval()
+    assert not blt.config.needs_global_projection  # 2 x 32 = 64: patch vectors enter the Llama layers directly
+    torch.manual_seed(2)
+    vectors = torch.randn(2, 90, 64)
+    with torch.no_grad():
+        reference = llama_layers(llama, vectors)
+        torch.testing.assert_close(blt_global(blt, vectors), reference, atol=1e-4, rtol=0)
+        # incrementally: one patch at a time through both caches
+        llama_cache, patch_cache, ours, theirs = DynamicCache(config=llama.config), PatchKVCache(3, 2, "cpu"), [], []
+        for step in range(20):
+            piece = vectors[:, step : step + 1]
+            ours.append(blt_global(blt, piece, patch_cache))
+            theirs.append(llama_layers(llama, piece, llama_cache))
+        torch.testing.assert_close(torch.cat(ours, 1), torch.cat(theirs, 1), atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.cat(ours, 1), reference[:, :20], atol=1e-4, rtol=0)
+    # the converted BLT is a working model: loss and cached generation equal to recomputation
+    ids = random_ids(40, seed=2)
+    with torch.no_grad():
+        assert torch.isfinite(blt(ids, labels=ids).loss)
+        cached = blt.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+        uncached = blt.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_rope_layout_permutation_round_trips():
+    weight = torch.arange(4 * 8 * 3, dtype=torch.float32).view(32, 3)
+    assert torch.equal(pairs_to_halves(halves_to_pairs(weight, 4), 4), weight)
+    # head 0, pair 1 = rows (1, 1 + 4) of the halves layout
+    assert torch.equal(halves_to_pairs(weight, 4)[2:4], weight[[1, 5]])
+
+
+def test_projection_is_added_when_patch_vectors_do_not_match_the_llama_width(tmp_path):
+    tiny_llama("gqa").save_pretrained(tmp_path / "llama")
+    model = convert_llama(tmp_path / "llama", tmp_path / "blt", cross_attn_k=3, local_hidden_size=32,
+                          local_heads=2, hash_vocab=97, patching_mode="byte", has_patcher=False)
+    assert model.config.needs_global_projection
+    assert model.model.global_transformer.token_embedding_projection.weight.shape == (64, 96)
+
+
+def test_entropy_model_is_copied_from_a_blt_folder(tmp_path):
+    from tests.utils import tiny_model
+
+    donor = tiny_model(seed=4, patching_threshold=5.0)
+    donor.save_pretrained(tmp_path / "donor")
+    tiny_llama("gqa").save_pretrained(tmp_path / "llama")
+    model = convert_llama(tmp_path / "llama", tmp_path / "blt", patcher=tmp_path / "donor", local_heads=2,
+                          hash_vocab=97)
+    for name, tensor in donor.model.patcher.state_dict().items():
+        assert torch.equal(model.model.patcher.state_dict()[name], tensor), name
+    assert model.config.patching_threshold == 5.0
+
+
+def test_wrong_inputs_fail_clearly_and_leave_nothing(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="'gpt2' checkpoint; expected a Llama"):
+        convert_llama(tmp_path / "gpt2", tmp_path / "out")
+    llama = tiny_llama("gqa")
+    llama.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(ValueError, match="shards listed in model.safetensors.index.json are missing"):
+        convert_llama(tmp_path / "sharded", tmp_path / "out")
+    llama.save_pretrained(tmp_path / "lying")
+    config = json.loads((tmp_path / "lying" / "config.json").read_text())
+    config["intermediate_size"] = 128
+    (tmp_path / "lying" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="shapes that disagree with the config"):
+        convert_llama(tmp_path / "lying", tmp_path / "out", local_heads=2, hash_vocab=97)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_command_line_converts_a_llama_folder(tmp_path):
+    import subprocess
+    import sys
+
+    tiny_llama("gqa").save_pretrained(tmp_path / "llama")
+    result = subprocess.run(
+        [sys.executable, "conversion/convert_llama.py", str(tmp_path / "llama"), str(tmp_path / "blt"),
+         "--local-heads", "2", "--hash-vocab", "97", "--decoder-layers", "1", "--patching-mode", "space"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((tmp_path / "blt" / "config.json").read_text())
+    assert config["global_config"]["num_key_value_heads"] == 2 and config["patching_mode"] == "space"
+    assert config["decoder_config"]["num_hidden_layers"] == 1
