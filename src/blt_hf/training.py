@@ -52,7 +52,7 @@ def parameter_groups(
 ) -> list[dict]:
     """Optimizer groups: the global transformer at `learning_rate * global_lr_scale`, every other trainable stack at
     `learning_rate` (or its own scale from `stack_lr_scales`); vectors (norm weights) get no weight decay."""
-    scales = {stack: 1.0 for stack in STACKS}
+    scales = dict.fromkeys(STACKS, 1.0)
     scales["global_transformer"] = global_lr_scale
     scales.update(stack_lr_scales or {})
     groups: dict[tuple[str, bool], dict] = {}
