@@ -3,6 +3,7 @@
     blt-hf patch "Some text" --model DIR [--plot out.png]   show the patches and per-byte entropies
     blt-hf calibrate --target-bytes-per-patch 4.5 FILE... --model DIR [--rule global|monotonic|combined]
     blt-hf convert-llama LLAMA_DIR OUT_DIR [--patcher DIR] [--cross-attn-k 2] ...
+    blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
 """
 
 from __future__ import annotations
@@ -239,7 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--patching-mode", choices=["entropy", "static", "space", "byte"])
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
+    meta = commands.add_parser("convert-meta", help="convert Meta's released BLT / entropy-model checkpoints")
+    meta.add_argument("source", help="official BLT folder (consolidated or Hub layout), or an entropy-model folder")
+    meta.add_argument("destination", help="new blt_hf folder (must not exist or be empty)")
+    meta.add_argument("--entropy-model", help="entropy-model folder (default: SOURCE/entropy_model when present)")
+    meta.add_argument("--entropy-only", action="store_true", help="SOURCE is an entropy model: write a BLTPatcher")
+
     args = parser.parse_args(argv)
+    if args.command == "convert-meta":
+        from .conversion_meta import convert_meta, convert_meta_entropy_model
+
+        if args.entropy_only:
+            convert_meta_entropy_model(args.source, args.destination)
+        else:
+            convert_meta(args.source, args.destination, entropy_model=args.entropy_model)
+        print(f"wrote {args.destination}")
+        return 0
     if args.command == "convert-llama":
         from .conversion_llama import convert_llama
 

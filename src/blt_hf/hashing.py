@@ -59,7 +59,7 @@ class BLTHashNgramEmbedding(nn.Embedding):
     """The fused hash n-gram tables (`encoder_hash_tok_embedding`): rows = table_size * F * G."""
 
     def __init__(self, group_sizes, num_functions: int, table_size: int, embedding_dim: int):
-        super().__init__(max(1, table_size * num_functions * len(group_sizes)), embedding_dim)
+        super().__init__(table_size * num_functions * len(group_sizes), embedding_dim)
         self.group_sizes, self.num_functions, self.table_size = list(group_sizes), num_functions, table_size
         self._coefficients = {}  # device -> hash_coefficients(...), computed once
 
