@@ -138,3 +138,27 @@ def test_command_line_converts_a_llama_folder(tmp_path):
     config = json.loads((tmp_path / "blt" / "config.json").read_text())
     assert config["global_config"]["num_key_value_heads"] == 2 and config["patching_mode"] == "space"
     assert config["decoder_config"]["num_hidden_layers"] == 1
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("llama-3.1-8b", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, tie_word_embeddings=False)),
+    ("llama-3.2-1b", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                          num_key_value_heads=8, tie_word_embeddings=True)),
+])
+def test_real_llama_shapes_map_onto_the_global_transformer_on_the_meta_device(name, shape):
+    from blt_hf.checkpoints import check_tensors
+    from blt_hf.conversion_llama import blt_config_for_llama, global_state_from_llama
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0 if "3.2" in name else 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = LlamaConfig(vocab_size=128256, max_position_embeddings=131072, rope_parameters=rope, **shape)
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(config)
+        state = global_state_from_llama(llama.state_dict(), config)
+        blt = BLTForCausalLM(blt_config_for_llama(config, hash_vocab=500002, local_hidden_size=1024,
+                                                  local_heads=16, decoder_layers=9))
+    expected = {f"model.global_transformer.{k}": v for k, v in blt.model.global_transformer.state_dict().items()
+                if not k.startswith("token_embedding_projection")}
+    check_tensors(state, expected, name)
+    assert blt.config.needs_global_projection == (shape["hidden_size"] != 2048)
