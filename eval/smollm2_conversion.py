@@ -146,7 +146,8 @@ def main():
           f"transformer ({global_params / 1e6:.1f}M)")
     print(f"layer parity on {count} real embeddings: max |diff| {full_diff:.2e} (outputs up to {scale:.1f}, "
           f"relative {full_diff / scale:.1e}); incremental {max(steps):.2e}")
-    print("generated (untrained byte stacks):", json.dumps(byte_tokenizer.decode(generated[0], skip_special_tokens=True)))
+    text = byte_tokenizer.decode(generated[0], skip_special_tokens=True)
+    print("generated (untrained byte stacks):", json.dumps(text))
     emit(result)
 
 
