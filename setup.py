@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "eval": ["lm-eval[hf]>=0.4.13,<0.5", "matplotlib>=3.7"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.7", "ruff>=0.6"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.7", "ruff>=0.6", "peft>=0.13"],
     },
     entry_points={"console_scripts": ["blt-hf=blt_hf.cli:main"]},
     classifiers=[

@@ -4,6 +4,8 @@
     blt-hf calibrate --target-bytes-per-patch 4.5 FILE... --model DIR [--rule global|monotonic|combined]
     blt-hf convert-llama LLAMA_DIR OUT_DIR [--patcher DIR] [--cross-attn-k 2] ...
     blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
+    blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
+    blt-hf train --train FILE... --eval FILE... --output DIR [--preset small] [--patcher DIR] ...
 """
 
 from __future__ import annotations
@@ -208,6 +210,15 @@ def _save_model_atomically(model, directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "train-entropy"):
+        from .train import parse_options, train_blt, train_entropy_model
+
+        command, rest = argv[0], argv[1:]
+        description = "train a BLT" if command == "train" else "train a BLT entropy model (byte LM)"
+        options = parse_options(rest, description)
+        (train_blt if command == "train" else train_entropy_model)(options)
+        return 0
     parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools")
     commands = parser.add_subparsers(dest="command", required=True)
 

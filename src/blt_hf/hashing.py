@@ -38,16 +38,21 @@ def hash_coefficients(group_sizes, num_functions: int) -> torch.Tensor:
 
 def hash_ngram_ids(
     ids: torch.Tensor, history: torch.Tensor | None, group_sizes, num_functions: int, table_size: int,
-    coefficients: torch.Tensor | None = None,
+    coefficients: torch.Tensor | None = None, documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row ids into the fused hash table for every byte: [B, T] -> [B, T, F * G].
 
-    history [B, max(n) - 1]: the ids right before `ids` (zeros at the start of a sequence).
+    history [B, max(n) - 1]: the ids right before `ids` (zeros at the start of a sequence). documents [B, T]: in
+    rows packing documents, n-grams never reach into the previous document (its bytes count as id 0).
     """
     width = max(group_sizes)
     if history is None:
         history = ids.new_zeros(ids.shape[0], width - 1)
     windows = torch.cat((history, ids), dim=1).unfold(1, width, 1)  # [B, T, W]
+    if documents is not None:
+        padded = torch.cat((documents.new_full((documents.shape[0], width - 1), -1), documents), dim=1)
+        same_document = padded.unfold(1, width, 1) == documents[..., None]
+        windows = torch.where(same_document, windows, 0)
     if coefficients is None:
         coefficients = hash_coefficients(group_sizes, num_functions).to(ids.device)
     hashes = (windows[:, :, None, :, None] * coefficients[None, None]).sum(3)  # [B, T, F, G], wraps
@@ -67,7 +72,7 @@ class BLTHashNgramEmbedding(nn.Embedding):
     def history_length(self) -> int:
         return max(self.group_sizes) - 1
 
-    def forward(self, ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, history: torch.Tensor | None = None, documents=None) -> torch.Tensor:
         """Sum of all hash embeddings of each byte's n-grams: [B, T] -> [B, T, d]."""
         batch, length = ids.shape
         if self.num_functions == 0 or length == 0:
@@ -75,6 +80,7 @@ class BLTHashNgramEmbedding(nn.Embedding):
         if ids.device not in self._coefficients:
             self._coefficients[ids.device] = hash_coefficients(self.group_sizes, self.num_functions).to(ids.device)
         rows = hash_ngram_ids(
-            ids, history, self.group_sizes, self.num_functions, self.table_size, self._coefficients[ids.device]
+            ids, history, self.group_sizes, self.num_functions, self.table_size, self._coefficients[ids.device],
+            documents,
         )
         return F.embedding_bag(rows.reshape(batch * length, -1), self.weight, mode="sum").view(batch, length, -1)

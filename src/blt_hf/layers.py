@@ -135,7 +135,7 @@ class BLTMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
                     for m in (self.gate_proj, self.up_proj, self.down_proj))
-        if plain and torch.is_grad_enabled():  # training: the memory-lean backward
+        if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):  # fp32 training
             return _LeanSwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -229,6 +229,14 @@ class BLTCrossAttention(nn.Module):
 
     def _queries(self, states: torch.Tensor) -> torch.Tensor:
         return self.q_proj(self.q_norm(states)).view(*states.shape[:-1], self.num_heads, self.head_dim)
+
+    def forward(self, *inputs, mode: str):
+        """Dispatch to one of the three uses; going through `forward` lets module hooks (FSDP unsharding,
+        accelerate device placement) see every use. mode: "patches_from_bytes", "patch_keys_values" or
+        "bytes_from_patches"."""
+        if mode not in ("patches_from_bytes", "patch_keys_values", "bytes_from_patches"):
+            raise ValueError(f"unknown cross-attention mode {mode!r}")
+        return getattr(self, mode)(*inputs)
 
     @classmethod
     def for_layers(cls, config, count: int) -> nn.ModuleList:

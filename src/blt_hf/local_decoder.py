@@ -30,7 +30,7 @@ class BLTLocalDecoder(nn.Module):
         """Global patch states [B, P, d_global] -> per cross-attention layer, keys and values [B, P, k, H, D]."""
         slots = self.patch_embedding_projection(patch_states)
         slots = slots.view(*slots.shape[:2], self.cross_attn_k, self.config.hidden_size)
-        return [cross_attention.patch_keys_values(slots) for cross_attention in self.cross_attn_layers]
+        return [cross_attention(slots, mode="patch_keys_values") for cross_attention in self.cross_attn_layers]
 
     def forward(self, byte_states, positions, attention_plan, patch_kv, byte_patch, output_hidden_states=False):
         """byte_states [B, n, d] (the encoder's); byte_patch [B, n] indexes the patches of `patch_kv`.
@@ -44,7 +44,8 @@ class BLTLocalDecoder(nn.Module):
             if idx < len(self.cross_attn_layers):
                 keys, values = patch_kv[idx]
                 # the module returns attention + bytes; adding the bytes again is the released residual
-                hidden = hidden + self.cross_attn_layers[idx].bytes_from_patches(hidden, keys, values, byte_patch)
+                cross_attention = self.cross_attn_layers[idx]
+                hidden = hidden + cross_attention(hidden, keys, values, byte_patch, mode="bytes_from_patches")
             hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
                 all_states.append(hidden)

@@ -68,5 +68,5 @@ class BLTLocalEncoder(nn.Module):
             if queries is None or self.config.cross_attn_repool_each_layer:
                 queries = self._initial_queries(layer_states, byte_patch, num_patches)
             # the module returns attention + queries; adding the queries again is the released residual
-            queries = queries + cross_attention.patches_from_bytes(queries, layer_states, byte_patch)
+            queries = queries + cross_attention(queries, layer_states, byte_patch, mode="patches_from_bytes")
         return queries.flatten(2)

@@ -142,15 +142,22 @@ class PatchAttentionPlan:
 
     new_counts [B]: how many of the `m` new patch positions are real in each row (the rest is right padding).
     With a `PatchKVCache`, row b's new patches continue after its own `cache.lengths[b]` earlier patches.
+    segments [B, m] (no cache): patches attend only within their segment (packed documents).
     """
 
-    def __init__(self, num_new: int, new_counts: torch.Tensor, cache=None):
+    def __init__(self, num_new: int, new_counts: torch.Tensor, cache=None, segments=None):
         self.cache, self.num_new, self.new_counts = cache, num_new, new_counts
         self.mask = None
+        device = new_counts.device
         if cache is not None and cache.max_length > 0:
-            query_pos = cache.lengths[:, None] + torch.arange(num_new, device=new_counts.device)[None]
-            key_pos = torch.arange(cache.max_length + num_new, device=new_counts.device)
+            query_pos = cache.lengths[:, None] + torch.arange(num_new, device=device)[None]
+            key_pos = torch.arange(cache.max_length + num_new, device=device)
             self.mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, m, L]
+        elif segments is not None:
+            index = torch.arange(num_new, device=device)
+            causal = index[None, :] <= index[:, None]
+            same = segments[:, :, None] == segments[:, None, :]
+            self.mask = ((causal[None] & same) | torch.eye(num_new, dtype=torch.bool, device=device)[None])[:, None]
 
     def positions(self) -> torch.Tensor:
         offset = self.cache.lengths[:, None] if self.cache is not None else 0

@@ -35,6 +35,7 @@ from .patcher import BLTPatcher
 from .patching import (
     PatchingRule,
     compute_patch_starts,
+    documents_from_positions,
     patch_lengths_from_starts,
     row_start_flags,
     starts_from_patch_lengths,
@@ -143,6 +144,7 @@ class BLTModel(BLTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         patch_lengths: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         past_key_values: BLTCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -155,6 +157,9 @@ class BLTModel(BLTPreTrainedModel):
         patch_lengths [B, P]: patches of each row's real bytes (see `patching.py`); computed by the model's own
             patching rule when not given. Only for a fresh sequence (no cached bytes).
         attention_mask [B, n] or [B, cached + n]: 0 for padding (left, or right without continuing the cache).
+        position_ids [B, n]: for rows packing several documents, each byte's position in its document (0 at each
+            document's BOS). Documents then never see each other: not in the entropy model, the hash n-grams, the
+            local attention or the global transformer, and no patch spans two of them. Not with a cache.
         past_key_values: a `BLTCache` to continue; returned updated when `use_cache`.
         """
         if inputs_embeds is not None:
@@ -163,8 +168,10 @@ class BLTModel(BLTPreTrainedModel):
         config = self.config
         batch, length = input_ids.shape
         device = input_ids.device
+        if position_ids is not None and (past_key_values is not None or use_cache):
+            raise ValueError("position_ids (packed documents) are for forwards without a cache (use_cache=False)")
         if use_cache is None:
-            use_cache = config.use_cache and not self.training
+            use_cache = config.use_cache and not self.training and position_ids is None
         cache = past_key_values
         if cache is not None and not isinstance(cache, BLTCache):
             raise ValueError(f"past_key_values must be a BLTCache, got {type(cache).__name__}")
@@ -189,9 +196,15 @@ class BLTModel(BLTPreTrainedModel):
         ids = torch.where(valid, input_ids, BOE_ID)  # padding never enters hashes, patching or attention
         if cache is not None and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             cache.continuable = False
+        documents = document_positions = None
+        if position_ids is not None:
+            document_positions = position_ids.to(device).long()
+            documents = documents_from_positions(document_positions, valid)
 
         # 1. patch starts
-        starts, next_starts = self._patch_starts(ids, positions, valid, patch_lengths, cache, batch, device)
+        starts, next_starts = self._patch_starts(
+            ids, positions, valid, patch_lengths, cache, batch, device, documents, document_positions
+        )
         first_byte = valid & ~torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
         local_patch = (starts & ~first_byte).long().cumsum(1)  # 0 = the patch open when this chunk began
         closes = next_starts & valid
@@ -201,9 +214,9 @@ class BLTModel(BLTPreTrainedModel):
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
-        embeddings = self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(ids, history)
+        embeddings = self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(ids, history, documents)
         encoder_plan = LocalAttentionPlan(
-            config.encoder_config.sliding_window, valid, cache=cache.encoder if cache is not None else None
+            config.encoder_config.sliding_window, valid, documents, cache.encoder if cache is not None else None
         )
         byte_states, cross_states, encoder_hidden = self.local_encoder.encode_bytes(
             embeddings, positions, encoder_plan, output_hidden_states
@@ -224,13 +237,16 @@ class BLTModel(BLTPreTrainedModel):
                 byte_patch = torch.cat((open_patch, chunk_patch), dim=1)
                 states = [torch.cat((o, s), dim=1) for o, s in zip(open_states, cross_states, strict=True)]
             patch_vectors = self.local_encoder.encode_patches(states, byte_patch, num_new)
-            global_plan = PatchAttentionPlan(num_new, new_patches, cache.global_ if cache is not None else None)
+            patch_documents = None if documents is None else _compact(documents, closes)[0]
+            global_plan = PatchAttentionPlan(
+                num_new, new_patches, cache.global_ if cache is not None else None, patch_documents
+            )
             patch_states, global_hidden = self.global_transformer(patch_vectors, global_plan, output_hidden_states)
             new_patch_kv = self.local_decoder.patch_keys_values(patch_states)
 
         # 4. bytes read patch states and predict the next byte
         patch_kv = self._decoder_patch_table(cache, new_patch_kv, batch, device, embeddings.dtype)
-        segments = None
+        segments = documents
         if config.decoder_config.patch_local_attention:
             segments = patches_before[:, None] + decoder_patch - 1  # global index of the patch each byte reads
         decoder_plan = LocalAttentionPlan(
@@ -254,14 +270,16 @@ class BLTModel(BLTPreTrainedModel):
             global_hidden_states=tuple(global_hidden) if global_hidden is not None else None,
         )
 
-    def _patch_starts(self, ids, positions, valid, patch_lengths, cache, batch, device):
+    def _patch_starts(self, ids, positions, valid, patch_lengths, cache, batch, device, documents=None,
+                      document_positions=None):
         """starts [B, n]: byte starts a patch; next_starts [B, n]: the position after the byte starts one."""
         rule = self.patching_rule
         run_rule = patch_lengths is None or cache is not None  # a cache continues with the rule afterwards
         state = cache.patching if cache is not None else PatchingState.initial(batch, device)
         if run_rule:
             starts, next_starts, new_state, _ = compute_patch_starts(
-                rule, ids, positions, valid, state, self.patcher, cache.patcher if cache is not None else None
+                rule, ids, positions, valid, state, self.patcher, cache.patcher if cache is not None else None,
+                documents, document_positions,
             )
             if cache is not None:
                 cache.patching = new_state
@@ -276,6 +294,13 @@ class BLTModel(BLTPreTrainedModel):
             if cache is not None:
                 last = num_bytes.clamp(max=row_starts.shape[1] - 1)
                 cache.patching.pending_start = row_starts.gather(1, last[:, None]).squeeze(1)
+            if document_positions is not None:
+                opening = valid & (document_positions <= 1)
+                if (opening & ~starts).any():
+                    raise ValueError(
+                        "patch_lengths let a patch span two packed documents: each document's BOS must be a patch "
+                        "of its own and its next byte must start a patch"
+                    )
         return starts, next_starts
 
     def _decoder_patch_table(self, cache, new_patch_kv, batch, device, dtype):
@@ -349,6 +374,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         patch_lengths: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         past_key_values: BLTCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -364,6 +390,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             patch_lengths=patch_lengths,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -19,7 +18,7 @@ from .cache import SlidingWindowCache
 from .configuration_blt_hf import BLTPatcherConfig
 from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import LocalAttentionPlan
-from .patching import entropy_from_logits
+from .patching import documents_from_positions, entropy_from_logits
 from .pretrained import BLTPreTrainedModel
 
 
@@ -53,14 +52,16 @@ class BLTPatcher(BLTPreTrainedModel):
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary_emb = BLTRotaryEmbedding(config)
+        self.loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts num_items_in_batch accordingly
         self.post_init()
 
     def get_input_embeddings(self):
         return self.embed_tokens
 
-    def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None) -> torch.Tensor:
-        """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]."""
-        plan = LocalAttentionPlan(self.config.sliding_window, valid, cache=cache)
+    def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
+        """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]; `segments` [B, n] keeps
+        packed documents apart."""
+        plan = LocalAttentionPlan(self.config.sliding_window, valid, segments, cache=cache)
         hidden = self.embed_tokens(ids)
         rotations = self.rotary_emb(positions)
         for layer in self.layers:
@@ -71,15 +72,18 @@ class BLTPatcher(BLTPreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         past_key_values: BLTPatcherCache | None = None,
         use_cache: bool | None = None,
         chunk_size: int | None = None,
         **kwargs,
     ) -> BLTPatcherOutput:
-        """Next-byte logits and entropies; with `labels`, the mean cross-entropy (ignore index -100).
+        """Next-byte logits and entropies; with `labels`, the causal-LM loss (shifted inside, -100 ignored,
+        `num_items_in_batch` honoured).
 
-        Left or right padding via `attention_mask`; positions restart at each row's first real byte.
+        Left or right padding via `attention_mask`; positions restart at each row's first real byte. Rows packing
+        several documents pass `position_ids` (0 at each document's BOS): documents never attend to each other.
         `chunk_size` runs long inputs in chunks through a cache (same result, bounded memory).
         """
         if input_ids.dim() != 2:
@@ -92,6 +96,11 @@ class BLTPatcher(BLTPreTrainedModel):
             if attention_mask is None
             else attention_mask[:, -length:].to(input_ids.device).bool()
         )
+        documents = None
+        if position_ids is not None:
+            if past_key_values is not None or use_cache or chunk_size is not None:
+                raise ValueError("position_ids (packed documents) cannot be combined with a cache or chunking")
+            documents = documents_from_positions(position_ids.to(input_ids.device), valid)
         if use_cache and past_key_values is None:
             past_key_values = BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window)
         cache = past_key_values
@@ -104,17 +113,16 @@ class BLTPatcher(BLTPreTrainedModel):
         for start in range(0, length, step):
             chunk_valid = valid[:, start : start + step]
             positions = (seen[:, None] + chunk_valid.cumsum(1) - 1).clamp(min=0)
-            logits.append(self.next_byte_logits(ids[:, start : start + step], positions, chunk_valid, cache))
+            logits.append(
+                self.next_byte_logits(ids[:, start : start + step], positions, chunk_valid, cache, documents)
+            )
             seen = seen + chunk_valid.sum(1)
             if cache is not None:
                 cache.num_bytes = seen
         logits = torch.cat(logits, dim=1) if logits else input_ids.new_zeros(batch, 0, self.config.vocab_size).float()
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device),
-                ignore_index=-100,
-            )
+            loss = self.loss_function(logits, labels.to(logits.device), self.config.vocab_size, **kwargs)
         return BLTPatcherOutput(
             loss=loss,
             logits=logits,

@@ -108,19 +108,26 @@ class PatchingRule:
             return (p <= 1) | ((p >= 3) & (rise > self.threshold_add) & (entropies > self.threshold))
         return (p == 0) | (entropies > self.threshold)
 
-    def __call__(self, positions, valid, ids, entropies, state: PatchingState):
+    def __call__(self, positions, valid, ids, entropies, state: PatchingState, document_positions=None):
         """Patch starts for a chunk of bytes continuing `state`.
 
         positions/valid/ids/entropies: [B, n] (entropies may be None unless the mode needs them).
+        document_positions [B, n]: for rows packing several documents, each byte's position in its document (0 at
+        each document's BOS); every document then starts with a patch of its own, as if it were alone.
         Returns (starts [B, n]: does each byte start a patch; next_starts [B, n]: does the position after each
         byte start one; the updated state).
         """
         if entropies is None:
             entropies = torch.zeros(positions.shape, device=positions.device)
         entropies = entropies.float()
+        rule_positions = positions if document_positions is None else document_positions
         prev_ids = _previous(ids, valid, state.prev_id)
         prev_entropies = _previous(entropies, valid, state.prev_entropy)
-        rule_next = self.rule_starts_next(positions, ids, prev_ids, entropies, prev_entropies) & valid
+        rule_next = self.rule_starts_next(rule_positions, ids, prev_ids, entropies, prev_entropies) & valid
+        if document_positions is not None:  # the byte before a document's BOS closes its patch
+            next_opens = (document_positions[:, 1:] == 0) & valid[:, 1:]
+            next_is_document = torch.cat((next_opens, torch.zeros_like(valid[:, :1])), dim=1)
+            rule_next = rule_next | (next_is_document & valid)
         candidates = torch.where(rule_next, positions + 1, -1)
         with_state = torch.cat((state.rule_patch_start[:, None], candidates), dim=1)
         rule_start_at_next = torch.cummax(with_state, dim=1).values[:, 1:]
@@ -196,15 +203,17 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
     return lengths[:, :num_patches]
 
 
-def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None):
+def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None, documents=None,
+                         document_positions=None):
     """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies)."""
     entropies = None
     if rule.needs_entropies:
         if patcher is None:
             raise ValueError("entropy patching needs the entropy model, but no patcher is available")
         with torch.no_grad():
-            entropies = entropy_from_logits(patcher.next_byte_logits(ids, positions, valid, patcher_cache))
-    starts, next_starts, state = rule(positions, valid, ids, entropies, state)
+            logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
+            entropies = entropy_from_logits(logits)
+    starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions)
     return starts, next_starts, state, entropies
 
 
@@ -218,18 +227,38 @@ def row_start_flags(starts, next_starts, positions, valid) -> torch.Tensor:
     return flags[:, : length + 1] > 0
 
 
+def documents_from_positions(position_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Document index [B, n] of each byte of rows packing documents, from per-document positions (0 at each BOS).
+    Raises ValueError unless every row starts a document and positions count up by one inside each document."""
+    if position_ids.shape != valid.shape:
+        raise ValueError(f"position_ids must have the shape of input_ids {tuple(valid.shape)}")
+    position_ids = position_ids.long()
+    starts = (position_ids == 0) & valid
+    prev_valid = torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+    previous = torch.cat((position_ids[:, :1], position_ids[:, :-1]), dim=1)
+    continues = valid & prev_valid & ~starts
+    if (continues & (position_ids != previous + 1)).any() or (valid & ~prev_valid & ~starts).any():
+        raise ValueError(
+            "position_ids must count 0, 1, 2, ... inside each packed document and start at 0 on each row's first byte"
+        )
+    return (starts.long().cumsum(1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
-def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=None, chunk_size: int | None = None):
+def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=None, chunk_size: int | None = None,
+                          position_ids=None):
     """Patch lengths [B, P] (official convention) and entropies [B, n] (None unless entropy mode) of fresh rows.
 
-    Left or right padding via `attention_mask`. Long rows run in chunks of `chunk_size` bytes through the entropy
-    model's sliding-window cache, with the same result as one pass.
+    Left or right padding via `attention_mask`; packed documents via `position_ids` (0 at each document's BOS).
+    Long rows run in chunks of `chunk_size` bytes through the entropy model's sliding-window cache, with the same
+    result as one pass.
     """
     from .cache import SlidingWindowCache
 
     batch, length = input_ids.shape
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     ids = torch.where(valid, input_ids, 0)
+    documents = None if position_ids is None else documents_from_positions(position_ids, valid)
     state = PatchingState.initial(batch, input_ids.device)
     cache = None
     if patcher is not None and rule.needs_entropies and chunk_size is not None and length > chunk_size:
@@ -238,10 +267,13 @@ def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=Non
     step = chunk_size if cache is not None else max(length, 1)
     all_starts, all_next, all_entropies = [], [], []
     for begin in range(0, length, step):
-        chunk_valid = valid[:, begin : begin + step]
+        chunk = slice(begin, begin + step)
+        chunk_valid = valid[:, chunk]
         positions = (seen[:, None] + chunk_valid.long().cumsum(1) - 1).clamp(min=0)
         starts, next_starts, state, entropies = compute_patch_starts(
-            rule, ids[:, begin : begin + step], positions, chunk_valid, state, patcher, cache
+            rule, ids[:, chunk], positions, chunk_valid, state, patcher, cache,
+            None if documents is None else documents[:, chunk],
+            None if position_ids is None else position_ids[:, chunk].long(),
         )
         seen = seen + chunk_valid.sum(1)
         all_starts.append(starts)

@@ -1,0 +1,279 @@
+"""Training entry points on `transformers.Trainer`: `blt-hf train` (a BLT) and `blt-hf train-entropy` (its entropy
+model). Data: text files -> packed rows (-> precomputed patches); progress bars, periodic held-out bits per byte,
+checkpoints every `save_steps` (resume with `--resume`), and a final `save_pretrained` folder `OUTPUT/final`.
+
+    blt-hf train-entropy --train a.txt b.txt --eval c.txt --output runs/entropy --preset small --steps 2000
+    blt-hf train --train a.txt --eval c.txt --output runs/blt --preset small --patcher runs/entropy/final
+    accelerate launch --num_processes 2 --cpu -m blt_hf.cli train ...                 # DDP, same global batch
+
+Options can also come from a JSON file (`--options run.json`, keys = the option names below); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .metrics import bits_per_byte
+
+
+@dataclass
+class TrainOptions:
+    train: list[str] = field(default_factory=list)  # text files (one document each, or paragraphs)
+    eval: list[str] = field(default_factory=list)  # held-out text files
+    output: str = "runs/blt"
+    model: str | None = None  # continue from a saved folder
+    config: str | None = None  # a config JSON for a fresh model
+    preset: str = "small"  # or a named size (blt_hf.presets)
+    patcher: str | None = None  # copy the entropy model (and its patching settings) from this folder
+    patching_mode: str | None = None
+    split_paragraphs: bool = False
+    row_length: int = 1024
+    batch_size: int = 8  # per device
+    gradient_accumulation: int = 1
+    steps: int = 1000
+    learning_rate: float = 3e-4
+    global_lr_scale: float = 1.0
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    scheduler: str = "cosine"
+    sampling: str = "random"  # or "sequential" (transformers' train_sampling_strategy)
+    eval_steps: int = 200
+    save_steps: int = 200
+    logging_steps: int = 10
+    max_eval_rows: int = 256
+    seed: int = 0
+    bf16: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False  # shard with FSDP2 (each transformer layer and cross-attention is a unit)
+    resume: bool = False  # continue from the last checkpoint in OUTPUT
+    threads: int | None = None
+
+
+def parse_options(argv: list[str] | None, description: str, defaults: dict | None = None) -> TrainOptions:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--options", help="JSON file with option values (flags given here win)")
+    for item in fields(TrainOptions):
+        flag = "--" + item.name.replace("_", "-")
+        if item.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif item.type == "list[str]":
+            parser.add_argument(flag, nargs="+", default=None)
+        else:
+            caster = {"int": int, "float": float}.get(item.type.split(" ")[0], str)
+            parser.add_argument(flag, type=caster, default=None)
+    args = parser.parse_args(argv)
+    values = dict(defaults or {})
+    if args.options:
+        values.update(json.loads(Path(args.options).read_text()))
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "options"})
+    unknown = set(values) - {f.name for f in fields(TrainOptions)}
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    options = TrainOptions(**values)
+    if not options.train:
+        raise ValueError("give training text files with --train")
+    return options
+
+
+def _rows(files, options, model=None):
+    from .data import add_patch_lengths, pack_documents, text_dataset
+
+    rows = pack_documents(text_dataset(files=files, split_paragraphs=options.split_paragraphs), options.row_length)
+    if model is not None:
+        rows = add_patch_lengths(rows, model)
+    return rows
+
+
+def _eval_rows(options, model=None):
+    if not options.eval:
+        return None
+    rows = _rows(options.eval, options, model)
+    return rows.select(range(min(options.max_eval_rows, len(rows))))
+
+
+class HeldOutBitsPerByte(TrainerCallback):
+    """Log held-out bits per byte every `every` optimizer steps (the final value is measured by the entry point)."""
+
+    def __init__(self, rows, every: int, batch_size: int):
+        self.rows, self.every, self.batch_size = rows, every, batch_size
+        self.history: list[dict] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.rows is None or not self.every or state.global_step % self.every:
+            return
+        result = bits_per_byte(model, self.rows, self.batch_size)
+        self.history.append({"step": state.global_step, **result})
+        state.log_history.append({"step": state.global_step, "eval_bits_per_byte": result["bits_per_byte"]})
+        if state.is_world_process_zero:
+            print(f"step {state.global_step}: held-out {result['bits_per_byte']:.4f} bits/byte", flush=True)
+
+
+def _training_arguments(options: TrainOptions):
+    from transformers import TrainingArguments
+
+    if options.fsdp and not torch.cuda.is_available():
+        raise ValueError(
+            "--fsdp goes through accelerate, which enables FSDP only on accelerators; on CPU use DDP "
+            "(configs/accelerate_ddp_cpu.yaml). The model itself shards on CPU with torch's fully_shard "
+            "(tests/scripts/fsdp2_cpu_smoke.py)."
+        )
+
+    return TrainingArguments(
+        output_dir=options.output,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation,
+        max_steps=options.steps,
+        learning_rate=options.learning_rate,
+        lr_scheduler_type=options.scheduler,
+        train_sampling_strategy=options.sampling,
+        warmup_steps=options.warmup_steps,
+        logging_steps=options.logging_steps,
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=options.bf16,
+        activation_checkpointing=options.activation_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **(
+            dict(fsdp="full_shard auto_wrap", fsdp_config={
+                "fsdp_version": 2, "transformer_layer_cls_to_wrap": ["BLTTransformerLayer", "BLTCrossAttention"],
+                "reshard_after_forward": True,
+            })
+            if options.fsdp else {}
+        ),
+    )
+
+
+def _resume_point(options: TrainOptions):
+    if not options.resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(options.output) if os.path.isdir(options.output) else None
+
+
+def _finish(trainer, model, eval_rows, options, extra_save=None) -> dict:
+    final = Path(options.output) / "final"
+    metrics = {
+        "steps": trainer.state.global_step, "train_loss_last": None, "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type), "fsdp": bool(trainer.is_fsdp_enabled),
+    }
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if losses:
+        metrics["train_loss_last"] = losses[-1]
+    metrics["train_losses"] = losses
+    if eval_rows is not None:
+        metrics.update({f"eval_{k}": v for k, v in bits_per_byte(model, eval_rows, options.batch_size).items()})
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(final))
+        if extra_save is not None:
+            extra_save(final)
+        (Path(options.output) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics), flush=True)
+    return metrics
+
+
+def train_entropy_model(options: TrainOptions) -> dict:
+    """Train a `BLTPatcher` (byte LM) on packed rows; report held-out bits per byte."""
+    from transformers import Trainer
+
+    from .configuration_blt_hf import BLTPatcherConfig
+    from .data import BLTDataCollator
+    from .patcher import BLTPatcher
+    from .presets import patcher_config
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    if options.model:
+        model = BLTPatcher.from_pretrained(options.model)
+    elif options.config:
+        model = BLTPatcher(BLTPatcherConfig.from_json_file(options.config))
+    else:
+        model = BLTPatcher(patcher_config(options.preset))
+    train_rows = _rows(options.train, options)
+    eval_rows = _eval_rows(options)
+    callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
+    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
+                      data_collator=BLTDataCollator(), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=_resume_point(options))
+    metrics = _finish(trainer, model, eval_rows, options)
+    metrics["history"] = callback.history
+    return metrics
+
+
+def build_blt(options: TrainOptions):
+    from .configuration_blt_hf import BLTConfig
+    from .modeling_blt_hf import BLTForCausalLM
+    from .presets import blt_config
+
+    overrides = {}
+    if options.patching_mode:
+        overrides["patching_mode"] = options.patching_mode
+    if options.model:
+        return BLTForCausalLM.from_pretrained(options.model, **overrides)
+    if options.config:
+        config = BLTConfig.from_json_file(options.config)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+    else:
+        config = blt_config(options.preset, **overrides)
+    patcher_weights = None
+    if options.patcher:
+        from .checkpoints import check_tensors
+        from .conversion_llama import _load_patcher_source
+
+        patcher_config, patcher_weights, settings = _load_patcher_source(Path(options.patcher))
+        values = config.to_dict()
+        values["patcher_config"] = patcher_config
+        values["has_patcher"] = True
+        for key, value in settings.items():
+            if key not in overrides:
+                values[key] = value
+        values.pop("model_type", None)
+        values.pop("transformers_version", None)
+        config = BLTConfig(**values)
+    torch.manual_seed(options.seed)
+    model = BLTForCausalLM(config)
+    if patcher_weights is not None:
+        check_tensors(patcher_weights, model.model.patcher.state_dict(), f"entropy model from {options.patcher}")
+        model.model.patcher.load_state_dict(patcher_weights)
+    return model
+
+
+def train_blt(options: TrainOptions) -> dict:
+    """Train (or fine-tune) a BLT on packed rows with precomputed patches; report held-out bits per byte."""
+    from transformers import Trainer
+
+    from .data import BLTDataCollator
+    from .tokenization_blt_hf import BLTTokenizer
+    from .training import create_optimizer
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    model = build_blt(options)
+    train_rows = _rows(options.train, options, model)
+    eval_rows = _eval_rows(options, model)
+    optimizer = create_optimizer(model, learning_rate=options.learning_rate, global_lr_scale=options.global_lr_scale,
+                                 weight_decay=options.weight_decay)
+    callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
+    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
+                      data_collator=BLTDataCollator(), optimizers=(optimizer, None), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=_resume_point(options))
+    metrics = _finish(trainer, model, eval_rows, options, lambda folder: BLTTokenizer().save_pretrained(folder))
+    metrics["history"] = callback.history
+    return metrics
+
+
+__all__ = ["TrainOptions", "train_blt", "train_entropy_model", "parse_options", "HeldOutBitsPerByte"]
