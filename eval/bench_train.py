@@ -29,6 +29,7 @@ from eval.common import (  # noqa: E402
     emit,
     license_text,
     machine_header,
+    matmul_gflops,
     print_table,
     run_worker,
     space_like_patch_lengths,
@@ -59,7 +60,13 @@ def worker(impl: str, batch: int, length: int, steps: int, threads: int) -> dict
             loss = out.loss.item() if loss is None else loss
             del out
     best = min(times[1:]) if steps else times[0]
+    from blt_hf.conversion_transformers import config_from_transformers
+    from blt_hf.flops import realised_flops
+
+    config = config_from_transformers(BltConfig(**TRANSFORMERS_BENCH_CONFIG))
+    train_flops = 3 * realised_flops(config, patch_lengths)["flops"]["total"]  # forward + backward
     return {
+        "train_flops_per_byte": round(train_flops / (batch * length)),
         "impl": impl,
         "shape": f"{batch}x{length}",
         "fwd_bwd_s": round(best, 4),
@@ -83,6 +90,8 @@ def main():
         emit(worker(impl, int(batch), int(length), args.steps, args.threads))
         return
 
+    torch.set_num_threads(args.threads)
+    peak_before = matmul_gflops()
     rows, comparisons = [], {}
     for shape in args.shapes.split(","):
         batch, length = shape.split("x")
@@ -91,11 +100,17 @@ def main():
             extra = ["--steps", str(args.steps), "--threads", str(args.threads)]
             pair[impl] = run_worker(__file__, [impl, batch, length, *extra])
             rows.append(pair[impl])
+        peak = max(peak_before, matmul_gflops())
         ours, ref = pair["blt_hf"], pair["transformers"]
         if abs(ours["loss"] - ref["loss"]) > 1e-4:
             raise AssertionError(f"{shape}: loss {ours['loss']} (blt_hf) != {ref['loss']} (transformers)")
+        for result in pair.values():
+            result["mfu"] = round(result["train_flops_per_byte"] * result["bytes_per_s"] / 1e9 / peak, 4)
         comparisons[shape] = {
             "speedup": round(ours["bytes_per_s"] / ref["bytes_per_s"], 2),
+            "blt_hf_mfu": ours["mfu"],
+            "transformers_mfu": ref["mfu"],
+            "train_gflops_per_byte": round(ours["train_flops_per_byte"] / 1e9, 4),
             "step_memory_ratio": round(ref["step_peak_extra_mb"] / max(ours["step_peak_extra_mb"], 1), 2),
             "blt_hf_bytes_per_s": ours["bytes_per_s"],
             "transformers_bytes_per_s": ref["bytes_per_s"],
@@ -103,9 +118,10 @@ def main():
             "transformers_step_peak_extra_mb": ref["step_peak_extra_mb"],
             "loss": ours["loss"],
         }
-    print_table(rows, ["impl", "shape", "fwd_bwd_s", "bytes_per_s", "model_rss_mb", "step_peak_extra_mb", "loss",
-                       "mean_patch_bytes"])
-    emit({"benchmark": "train", **machine_header(), "results": comparisons})
+    print_table(rows, ["impl", "shape", "fwd_bwd_s", "bytes_per_s", "mfu", "model_rss_mb", "step_peak_extra_mb",
+                       "loss", "mean_patch_bytes"])
+    print(f"model FLOP utilisation against the measured fp32 matmul peak of {peak:.0f} GFLOP/s (1024^3, 2 threads)")
+    emit({"benchmark": "train", **machine_header(), "matmul_peak_gflops": round(peak, 1), "results": comparisons})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
     blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
     blt-hf train --train FILE... --eval FILE... --output DIR [--preset small] [--patcher DIR] ...
+    blt-hf lm-eval --model blt_hf --model_args pretrained=DIR --tasks ...     (lm-eval with `blt_hf` registered)
 """
 
 from __future__ import annotations
@@ -211,6 +212,11 @@ def _save_model_atomically(model, directory: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "lm-eval":
+        from .lm_eval_adapter import main as lm_eval_main
+
+        lm_eval_main(argv[1:])
+        return 0
     if argv and argv[0] in ("train", "train-entropy"):
         from .train import parse_options, train_blt, train_entropy_model
 

@@ -1,0 +1,56 @@
+"""lm-evaluation-harness for BLT.
+
+Any saved blt_hf folder works with the stock harness and no fork:
+
+    lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True --tasks hellaswag ...
+
+This module also registers a `blt_hf` model type (importing it is enough; `blt-hf lm-eval ...` runs the harness
+CLI with it registered):
+
+    blt-hf lm-eval --model blt_hf --model_args pretrained=DIR,max_batch_bytes=65536 --tasks ...
+
+It scores exactly like the `hf` backend, with two BLT-specific changes: batches are sized by a byte budget
+(`max_batch_bytes`: rows per batch = budget // the longest row, recomputed as requests get shorter), and
+scoring forwards skip building a generation cache. `max_length` and `max_gen_toks` count bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+
+@register_model("blt_hf")
+class BLTLM(HFLM):
+    def __init__(self, pretrained, max_batch_bytes: int | str = 32768, batch_schedule: int = 8, **kwargs):
+        import blt_hf  # noqa: F401  (registers the Auto classes)
+
+        self.max_batch_bytes = int(max_batch_bytes)
+        kwargs.setdefault("backend", "causal")
+        kwargs["batch_size"] = f"auto:{int(batch_schedule)}"
+        super().__init__(pretrained=pretrained, **kwargs)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0) -> int:
+        """Rows per batch from the byte budget (no out-of-memory probing)."""
+        if requests:
+            _, context, continuation = requests[pos]
+            longest = len((context + continuation)[-(self.max_length + 1) :])
+        else:
+            longest = self.max_length
+        return max(1, min(self.max_batch_size, self.max_batch_bytes // max(longest, 1)))
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(inps, use_cache=False).logits
+
+
+def main(argv=None) -> None:
+    """The lm-eval CLI with the `blt_hf` model type registered."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
