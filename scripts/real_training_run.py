@@ -56,8 +56,10 @@ def main():
     blt = json.loads((out / "blt" / "metrics.json").read_text())
     summary = {
         "corpus": json.loads((corpus / "manifest.json").read_text())["stats"],
-        "entropy_model": {"steps": entropy["steps"], "minutes": round(entropy_s / 60, 1),
-                          "heldout_bits_per_byte": entropy["eval_bits_per_byte"], "heldout_bytes": entropy["eval_bytes"]},
+        "entropy_model": {
+            "steps": entropy["steps"], "minutes": round(entropy_s / 60, 1),
+            "heldout_bits_per_byte": entropy["eval_bits_per_byte"], "heldout_bytes": entropy["eval_bytes"],
+        },
         "blt": {"steps": blt["steps"], "minutes": round(blt_s / 60, 1),
                 "heldout_bits_per_byte": blt["eval_bits_per_byte"], "heldout_bytes": blt["eval_bytes"]},
         "uniform_baseline_bits_per_byte": 8.0,

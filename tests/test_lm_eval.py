@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,11 +71,11 @@ def _run(workspace, name, model_type, model_args, batch_size):
         env["PYTHONPATH"] = "src"
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads(open(glob.glob(f"{out}/**/results_*.json", recursive=True)[0]).read())["results"]
+    results = json.loads(Path(glob.glob(f"{out}/**/results_*.json", recursive=True)[0]).read_text())["results"]
     samples = {}
     for path in glob.glob(f"{out}/**/samples_*.jsonl", recursive=True):
         task = path.split("samples_")[1].rsplit("_", 1)[0]
-        samples[task] = [json.loads(line) for line in open(path)]
+        samples[task] = [json.loads(line) for line in Path(path).read_text().splitlines()]
     return results, samples
 
 
