@@ -80,3 +80,16 @@ def test_longer_patches_make_bytes_cheaper():
     short = flops_for_sequence(config, 600, uniform_patch_lengths(600, 2)).total
     long = flops_for_sequence(config, 600, uniform_patch_lengths(600, 8)).total
     assert long < short
+
+
+def test_realised_flops_of_a_generation_use_the_patches_decoding_produced():
+    from blt_hf.flops import realised_flops_of_sequences
+
+    model = tiny_model(seed=3, patching_threshold=5.2)
+    prompt = random_ids(20, seed=3)
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None)
+        lengths = model(generated, output_patch_lengths=True, use_cache=False).patch_lengths
+    realised = realised_flops_of_sequences(model, generated)
+    assert realised == realised_flops(model.config, lengths)
+    assert realised["bytes"] == 50 and realised["flops"]["entropy_model"] > 0

@@ -7,6 +7,8 @@
     blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
     blt-hf train --train FILE... --eval FILE... --output DIR [--preset small] [--patcher DIR] ...
     blt-hf lm-eval --model blt_hf --model_args pretrained=DIR --tasks ...     (lm-eval with `blt_hf` registered)
+    blt-hf eval-bpb FILE... --model DIR                  held-out bits per byte and realised FLOPs per byte
+    blt-hf robustness --model DIR --output report.md      noised HellaSwag + character tasks (markdown table)
 """
 
 from __future__ import annotations
@@ -195,6 +197,30 @@ def _write_config_atomically(config: BLTConfig, directory: Path) -> None:
         os.replace(Path(scratch) / "config.json", directory / "config.json")
 
 
+def evaluate_bits_per_byte(model_dir, files, row_length=2048, batch_size=8, split_paragraphs=False) -> dict:
+    """Bits per byte of text files (one document per file or paragraph) and the FLOPs per byte actually spent."""
+    from .data import add_patch_lengths, pack_documents, text_dataset
+    from .flops import realised_flops
+    from .metrics import bits_per_byte
+
+    model, _ = _load(model_dir)
+    rows = add_patch_lengths(pack_documents(text_dataset(files=files, split_paragraphs=split_paragraphs), row_length),
+                             model)
+    result = bits_per_byte(model, rows, batch_size)
+    lengths = torch.zeros(len(rows), max(len(r) for r in rows["patch_lengths"]), dtype=torch.long)
+    for i, row in enumerate(rows["patch_lengths"]):
+        lengths[i, : len(row)] = torch.tensor(row)
+    flops = realised_flops(model.config, lengths, torch.tensor([sum(m) for m in rows["attention_mask"]]))
+    from .flops import llama_flops_per_token
+
+    result.update(
+        files=len(files), bytes_per_patch=flops["bytes_per_patch"], forward_flops_per_byte=flops["flops_per_byte"],
+        # a byte-level Llama built from the same transformer layers as the global model, run on every byte
+        llama_same_layers_forward_flops_per_byte=llama_flops_per_token(model.config.global_config, row_length, 260),
+    )
+    return result
+
+
 def _save_model_atomically(model, directory: Path) -> None:
     from .tokenization_blt_hf import BLTTokenizer
 
@@ -263,7 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     meta.add_argument("--entropy-model", help="entropy-model folder (default: SOURCE/entropy_model when present)")
     meta.add_argument("--entropy-only", action="store_true", help="SOURCE is an entropy model: write a BLTPatcher")
 
+    bpb = commands.add_parser("eval-bpb", help="held-out bits per byte (and realised FLOPs per byte) of text files")
+    bpb.add_argument("files", nargs="+")
+    bpb.add_argument("--model", required=True, help="BLT checkpoint folder")
+    bpb.add_argument("--row-length", type=int, default=2048, help="bytes per packed row")
+    bpb.add_argument("--batch-size", type=int, default=8)
+    bpb.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line paragraph")
+
+    robust = commands.add_parser("robustness", help="noised HellaSwag and CUTE-like character tasks, as markdown")
+    robust.add_argument("--model", required=True, help="BLT checkpoint folder")
+    robust.add_argument("--output", default="robustness.md")
+    robust.add_argument("--hellaswag", default="data/tasks/hellaswag.jsonl", help="from eval/prepare_tasks.py")
+    robust.add_argument("--limit", type=int, default=200, help="HellaSwag documents (and character prompts, <= 100)")
+    robust.add_argument("--batch-size", type=int, default=8)
+
     args = parser.parse_args(argv)
+    if args.command == "robustness":
+        from .robustness import run_suite
+
+        print(run_suite(args.model, args.output, args.hellaswag, args.limit, args.batch_size))
+        return 0
+    if args.command == "eval-bpb":
+        print(json.dumps(evaluate_bits_per_byte(args.model, args.files, args.row_length, args.batch_size,
+                                                args.split_paragraphs)))
+        return 0
     if args.command == "convert-meta":
         from .conversion_meta import convert_meta, convert_meta_entropy_model
 

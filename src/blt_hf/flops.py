@@ -202,6 +202,18 @@ def realised_flops(config, patch_lengths: torch.Tensor, num_bytes: torch.Tensor 
     }
 
 
+@torch.no_grad()
+def realised_flops_of_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+    """Realised FLOPs of sequences (a batch of generations, say) under the patches the model's own rule gives them:
+    the same patches incremental decoding produced, since boundaries of a prefix never move."""
+    from .patching import PatchingRule, compute_patch_lengths
+
+    base = getattr(model, "model", model)
+    lengths, _ = compute_patch_lengths(input_ids, attention_mask, PatchingRule.from_config(base.config), base.patcher)
+    counts = None if attention_mask is None else attention_mask.sum(1)
+    return realised_flops(base.config, lengths, counts)
+
+
 def uniform_patch_lengths(num_bytes: int, patch_size: int) -> list[int]:
     """BOS alone, then patches of `patch_size` (official convention: sums to num_bytes + 1)."""
     lengths, remaining = [1], num_bytes  # num_bytes - 1 real bytes after BOS, plus the virtual position

@@ -28,6 +28,7 @@ class BLTLM(HFLM):
 
         self.max_batch_bytes = int(max_batch_bytes)
         kwargs.setdefault("backend", "causal")
+        kwargs.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         kwargs["batch_size"] = f"auto:{int(batch_schedule)}"
         super().__init__(pretrained=pretrained, **kwargs)
 

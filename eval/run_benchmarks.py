@@ -1,0 +1,58 @@
+"""`make bench`: run every eval/bench_*.py, collect the JSON line each prints last, and print one table.
+
+    python eval/run_benchmarks.py [--only train,generate] [--out eval/results/benchmarks.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flatten(f"{prefix}.{key}" if prefix else key, item, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix] = value
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated benchmark names (the part after bench_)")
+    parser.add_argument("--out", default=str(HERE / "results" / "benchmarks.json"))
+    args = parser.parse_args()
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+    collected = {}
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stderr[-2000:])
+            collected[script.stem] = {"error": result.returncode}
+            continue
+        collected[script.stem] = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = []
+    for name, result in collected.items():
+        flat = {}
+        flatten("", result, flat)
+        rows.extend((name, key, value) for key, value in flat.items() if key not in ("cpus", "threads"))
+    width = max((len(f"{n} {k}") for n, k, _ in rows), default=10)
+    print(f"{'benchmark / metric'.ljust(width)} | value")
+    print("-" * width + "-+-------")
+    for name, key, value in rows:
+        print(f"{f'{name} {key}'.ljust(width)} | {value:g}")
+    Path(args.out).write_text(json.dumps(collected, indent=2))
+    print(json.dumps(collected, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()

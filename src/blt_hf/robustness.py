@@ -1,0 +1,231 @@
+"""Robustness and character-level evaluation after the BLT paper: noised HellaSwag and a CUTE-like character suite.
+
+Noise (every function is deterministic: its randomness is seeded from the text and a seed):
+* `ant_speak`: upper case with a space between characters ("Cat" -> "C A T");
+* `drop`: each letter removed with probability 0.1;
+* `random_case`: each letter's case flipped with probability 0.5;
+* `repeat`: each character repeated (1 to 3 extra copies) with probability 0.2;
+* `upper_case`: all upper case.
+Each is applied to the HellaSwag prompt, the completions, or both; the paper averages the three.
+
+Character tasks (generated from real words, with three worked examples in every prompt, scored by exact match):
+spelling, spelling_inverse, contains_char, insert_char, delete_char, substitute_char, orthography (the candidate
+closest in spelling to a word).
+
+    blt-hf robustness --model DIR --output report.md [--limit 200]     # needs eval/prepare_tasks.py's data
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import zlib
+from collections import Counter
+from pathlib import Path
+
+
+def _rng(text: str, seed: int, salt: str) -> random.Random:
+    return random.Random(zlib.crc32(f"{salt}:{seed}:{text}".encode()))
+
+
+def ant_speak(text: str, seed: int = 0) -> str:
+    return " ".join(text.upper())
+
+
+def drop(text: str, seed: int = 0, probability: float = 0.1) -> str:
+    rng = _rng(text, seed, "drop")
+    return "".join(c for c in text if not (c.isalpha() and rng.random() < probability))
+
+
+def random_case(text: str, seed: int = 0, probability: float = 0.5) -> str:
+    rng = _rng(text, seed, "case")
+    return "".join(c.swapcase() if c.isalpha() and rng.random() < probability else c for c in text)
+
+
+def repeat(text: str, seed: int = 0, probability: float = 0.2) -> str:
+    rng = _rng(text, seed, "repeat")
+    return "".join(c * (1 + rng.randint(1, 3)) if rng.random() < probability else c for c in text)
+
+
+def upper_case(text: str, seed: int = 0) -> str:
+    return text.upper()
+
+
+NOISES = {"ant_speak": ant_speak, "drop": drop, "random_case": random_case, "repeat": repeat, "upper_case": upper_case}
+TARGETS = ("prompt", "completion", "both")
+
+
+def noised(rows: list[dict], noise: str, target: str, seed: int = 0) -> list[dict]:
+    """HellaSwag rows ({query, choices, gold}) with `noise` applied to the prompt, the completions or both."""
+    function = NOISES[noise]
+    out = []
+    for row in rows:
+        query, choices = row["query"], row["choices"]
+        if target in ("prompt", "both"):
+            query = function(query, seed)
+        if target in ("completion", "both"):
+            choices = [function(c, seed) for c in choices]
+        out.append({"query": query, "choices": choices, "gold": row["gold"]})
+    return out
+
+
+# ------------------------------------------------------------------ character tasks
+def words_from(texts, count: int = 400, min_length: int = 3, max_length: int = 10) -> list[str]:
+    """The most frequent lower-case alphabetic words of the texts (ties broken alphabetically)."""
+    counter = Counter(w for text in texts for w in re.findall(r"[a-z]+", text.lower())
+                      if min_length <= len(w) <= max_length)
+    return [w for w, _ in sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:count]]
+
+
+def levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _letters(rng):
+    return rng.choice("abcdefghijklmnopqrstuvwxyz")
+
+
+def character_example(task: str, word: str, words: list[str], rng: random.Random) -> tuple[str, str]:
+    """(question, answer) of one character-task instance about `word`."""
+    if task == "spelling":
+        return f'Spell out the word "{word}".', " ".join(word)
+    if task == "spelling_inverse":
+        return f'Write "{" ".join(word)}" as a word.', word
+    if task == "contains_char":
+        letter = rng.choice(word) if rng.random() < 0.5 else _letters(rng)
+        return f'Does "{word}" contain the letter "{letter}"?', "Yes" if letter in word else "No"
+    if task == "insert_char":
+        letter, position = _letters(rng), rng.randint(1, len(word) - 1)
+        return (f'Add the letter "{letter}" after letter {position} of "{word}".',
+                word[:position] + letter + word[position:])
+    if task == "delete_char":
+        position = rng.randint(1, len(word))
+        return f'Delete letter {position} of "{word}".', word[: position - 1] + word[position:]
+    if task == "substitute_char":
+        letter, position = _letters(rng), rng.randint(1, len(word))
+        return (f'Replace letter {position} of "{word}" with "{letter}".',
+                word[: position - 1] + letter + word[position:])
+    if task == "orthography":
+        others = rng.sample([w for w in words if w != word], 3)
+        closest = min(others, key=lambda w: (levenshtein(word, w), others.index(w)))
+        return f'Which of {", ".join(others)} is spelled most like "{word}"?', closest
+    raise ValueError(f"unknown character task {task!r}")
+
+
+CHARACTER_TASKS = ("spelling", "spelling_inverse", "contains_char", "insert_char", "delete_char", "substitute_char",
+                   "orthography")
+
+
+def character_task(task: str, words: list[str], count: int = 100, shots: int = 3, seed: int = 0) -> list[dict]:
+    """`count` prompts ending in "Answer:", each with `shots` worked examples; field "answer" is the target."""
+    rng = random.Random(f"{task}:{seed}")
+    rows = []
+    for index in range(count):
+        chosen = rng.sample(words, shots + 1)
+        examples = [character_example(task, w, words, rng) for w in chosen]
+        prompt = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in examples[:-1])
+        prompt += f"Question: {examples[-1][0]}\nAnswer:"
+        rows.append({"id": index, "query": prompt, "answer": " " + examples[-1][1]})
+    return rows
+
+
+# ------------------------------------------------------------------ the one command
+_MC_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: multiple_choice
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list: [{{metric: acc}}, {{metric: acc_norm}}]
+metadata: {{version: 1.0}}
+"""
+_GEN_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{query}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs: {{until: ["\\n"], max_gen_toks: 48, do_sample: false}}
+metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
+metadata: {{version: 1.0}}
+"""
+
+
+def write_suite(folder: str | Path, hellaswag: str | Path, limit: int | None = 200, seed: int = 0) -> list[str]:
+    """Task data and lm-eval YAMLs for the whole suite in `folder`; returns the task names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in Path(hellaswag).read_text().splitlines()]
+    rows = rows[:limit] if limit else rows
+    tasks = []
+
+    def add(name, data, template):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+        (folder / f"{name}.yaml").write_text(template.format(name=name, data=folder / f"{name}.jsonl"))
+        tasks.append(name)
+
+    add("robust_hellaswag", rows, _MC_YAML)
+    for noise in NOISES:
+        for target in TARGETS:
+            add(f"robust_hellaswag_{noise}_{target}", noised(rows, noise, target, seed), _MC_YAML)
+    words = words_from(r["query"] + " " + " ".join(r["choices"]) for r in rows)
+    for task in CHARACTER_TASKS:
+        add(f"cute_{task}", character_task(task, words, count=min(limit or 100, 100), seed=seed), _GEN_YAML)
+    return tasks
+
+
+def markdown_report(results: dict) -> str:
+    """The suite's lm-eval results as a markdown table (HellaSwag noise averaged over prompt/completion/both)."""
+    def acc(task, metric="acc,none"):
+        return results[task][metric]
+
+    lines = ["| suite | task | accuracy |", "|---|---|---|",
+             f"| HellaSwag | original | {acc('robust_hellaswag'):.3f} |"]
+    averages = []
+    for noise in NOISES:
+        value = sum(acc(f"robust_hellaswag_{noise}_{t}") for t in TARGETS) / len(TARGETS)
+        averages.append(value)
+        lines.append(f"| HellaSwag | {noise} (prompt / completion / both averaged) | {value:.3f} |")
+    lines.append(f"| HellaSwag | noise average | {sum(averages) / len(averages):.3f} |")
+    character = []
+    for task in CHARACTER_TASKS:
+        value = results[f"cute_{task}"]["exact_match,none"]
+        character.append(value)
+        lines.append(f"| characters | {task} | {value:.3f} |")
+    lines.append(f"| characters | average | {sum(character) / len(character):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(model_dir: str, output: str, hellaswag: str = "data/tasks/hellaswag.jsonl", limit: int | None = 200,
+              batch_size: int = 8, work_dir: str | None = None) -> str:
+    """Run both suites through lm-eval with the `blt_hf` backend; write and return the markdown table."""
+    import tempfile
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from .lm_eval_adapter import BLTLM
+
+    if not Path(hellaswag).is_file():
+        raise ValueError(f"{hellaswag} not found: run python eval/prepare_tasks.py first")
+    folder = Path(work_dir or tempfile.mkdtemp(prefix="blt_robustness_"))
+    tasks = write_suite(folder, hellaswag, limit)
+    model = BLTLM(pretrained=model_dir, max_batch_bytes=batch_size * 1024)
+    results = simple_evaluate(model=model, tasks=tasks, task_manager=TaskManager(include_path=str(folder)))
+    report = markdown_report(results["results"])
+    Path(output).write_text(report)
+    return report
