@@ -9,6 +9,7 @@
     blt-hf lm-eval --model blt_hf --model_args pretrained=DIR --tasks ...     (lm-eval with `blt_hf` registered)
     blt-hf eval-bpb FILE... --model DIR                  held-out bits per byte and realised FLOPs per byte
     blt-hf robustness --model DIR --output report.md      noised HellaSwag + character tasks (markdown table)
+    blt-hf push DIR REPO_ID [--model-card MODEL_CARD.md]  upload a complete folder to the Hub
 """
 
 from __future__ import annotations
@@ -303,7 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     robust.add_argument("--limit", type=int, default=200, help="HellaSwag documents (and character prompts, <= 100)")
     robust.add_argument("--batch-size", type=int, default=8)
 
+    hub = commands.add_parser("push", help="upload a complete BLT folder to the Hugging Face Hub")
+    hub.add_argument("folder")
+    hub.add_argument("repo_id")
+    hub.add_argument("--model-card", help="README.md to upload when the folder has none (e.g. MODEL_CARD.md)")
+    hub.add_argument("--private", action="store_true")
+    hub.add_argument("--token", help="a Hub token (default: the logged-in one)")
+
     args = parser.parse_args(argv)
+    if args.command == "push":
+        from .hub import push
+
+        print(push(args.folder, args.repo_id, args.model_card, args.private, args.token))
+        return 0
     if args.command == "robustness":
         from .robustness import run_suite
 
