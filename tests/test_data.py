@@ -72,3 +72,37 @@ def test_packed_loss_is_the_loss_of_the_documents_run_separately():
             for ids in (torch.tensor([[1] + [b + 4 for b in doc.encode()]]) for doc in DOCUMENTS)
         )
     torch.testing.assert_close(packed, separate, atol=1e-3, rtol=1e-5)
+
+
+def test_cached_rows_are_built_once_and_reloaded_equal(tmp_path):
+    from blt_hf.data import cached_rows
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return pack_documents(text_dataset(dataset=_docs()), row_length=64)
+
+    first = cached_rows(tmp_path / "rows", build)
+    again = cached_rows(tmp_path / "rows", build)
+    assert len(calls) == 1
+    assert first["input_ids"] == again["input_ids"] == build()["input_ids"]
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_rows_fingerprint_follows_text_packing_and_patching(tmp_path):
+    from blt_hf.data import rows_fingerprint
+
+    (tmp_path / "a.txt").write_text("some text")
+    files = [str(tmp_path / "a.txt")]
+    base = rows_fingerprint(files, 128)
+    assert rows_fingerprint(files, 128) == base
+    assert rows_fingerprint(files, 256) != base
+    assert rows_fingerprint(files, 128, split_paragraphs=True) != base
+    model = build_model("entropy", 6)
+    with_patches = rows_fingerprint(files, 128, model=model)
+    assert with_patches != base
+    model.config.patching_threshold += 0.5
+    assert rows_fingerprint(files, 128, model=model) != with_patches
+    (tmp_path / "a.txt").write_text("other text")
+    assert rows_fingerprint(files, 128) != base

@@ -77,6 +77,28 @@ def test_resuming_from_a_checkpoint_reproduces_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_gradient_accumulation_gives_the_update_of_one_big_batch_with_uneven_rows(tmp_path):
+    """Rows with different numbers of target bytes (the last is mostly padding): Trainer's num_items_in_batch makes
+    2 x 2 accumulated micro-batches sum to the same loss scale as one batch of 4."""
+    from datasets import Dataset
+
+    def run(output, batch, accumulation):
+        model = tiny_model(seed=5)
+        rows = _rows(model)
+        rows = Dataset.from_list([rows[i] for i in (0, len(rows) - 1, 1, 2)])  # the padded row in micro-batch 1
+        trainer = Trainer(model=model, args=_args(output, max_steps=1, per_device_train_batch_size=batch,
+                                                  gradient_accumulation_steps=accumulation,
+                                                  train_sampling_strategy="sequential", max_grad_norm=1e9),
+                          train_dataset=rows, data_collator=BLTDataCollator(),
+                          optimizers=(torch.optim.SGD(model.parameters(), lr=1.0), None))
+        trainer.train()
+        return model
+
+    one, accumulated = run(tmp_path / "a", 4, 1), run(tmp_path / "b", 2, 2)
+    for (name, a), (_, b) in zip(one.state_dict().items(), accumulated.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
+
+
 def test_bf16_and_activation_checkpointing_train(tmp_path):
     model = tiny_model(seed=2)
     trainer = Trainer(model=model, args=_args(tmp_path, bf16=True, activation_checkpointing=True, max_steps=8),
@@ -170,7 +192,8 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     entropy_metrics = json.loads((tmp_path / "entropy" / "metrics.json").read_text())
     assert entropy_metrics["eval_bits_per_byte"] < 8
     assert isinstance(BLTPatcher.from_pretrained(tmp_path / "entropy" / "final"), BLTPatcher)
-    blt = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, "--steps", "10",
+    cache = ["--data-cache", str(tmp_path / "rows")]
+    blt = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, *cache, "--steps", "10",
                           "--patcher", str(tmp_path / "entropy" / "final"), "--output", str(tmp_path / "blt")],
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert blt.returncode == 0, blt.stderr[-3000:]
@@ -181,9 +204,14 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     patcher = BLTPatcher.from_pretrained(tmp_path / "entropy" / "final")
     for name, tensor in patcher.state_dict().items():
         assert torch.equal(model.model.patcher.state_dict()[name], tensor), name
-    # resuming continues from the last checkpoint
-    resumed = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, "--steps", "12", "--resume",
+    cached = sorted(p.name for p in (tmp_path / "rows").iterdir())
+    assert len(cached) == 2 and all(name.startswith("rows-") for name in cached)  # train and held-out rows, patched
+    # resuming continues from the last checkpoint, reuses the patched rows and keeps the held-out history
+    resumed = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, *cache, "--steps", "12", "--resume",
                               "--patcher", str(tmp_path / "entropy" / "final"), "--output", str(tmp_path / "blt")],
                              env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "blt" / "metrics.json").read_text())["steps"] == 12
+    metrics = json.loads((tmp_path / "blt" / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and [h["step"] for h in metrics["history"]] == [5, 10]
+    assert "computing patches" not in resumed.stderr
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == cached

@@ -6,6 +6,7 @@
     blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
     blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
     blt-hf train --train FILE... --eval FILE... --output DIR [--preset small] [--patcher DIR] ...
+    blt-hf train-byte-llama --train FILE... --eval FILE... --output DIR [--preset small]   (the byte Llama baseline)
     blt-hf lm-eval --model blt_hf --model_args pretrained=DIR --tasks ...     (lm-eval with `blt_hf` registered)
     blt-hf eval-bpb FILE... --model DIR                  held-out bits per byte and realised FLOPs per byte
     blt-hf robustness --model DIR --output report.md      noised HellaSwag + character tasks (markdown table)
@@ -244,13 +245,15 @@ def main(argv: list[str] | None = None) -> int:
 
         lm_eval_main(argv[1:])
         return 0
-    if argv and argv[0] in ("train", "train-entropy"):
-        from .train import parse_options, train_blt, train_entropy_model
+    if argv and argv[0] in ("train", "train-entropy", "train-byte-llama"):
+        from .train import parse_options, train_blt, train_byte_llama, train_entropy_model
 
-        command, rest = argv[0], argv[1:]
-        description = "train a BLT" if command == "train" else "train a BLT entropy model (byte LM)"
-        options = parse_options(rest, description)
-        (train_blt if command == "train" else train_entropy_model)(options)
+        entry, description = {
+            "train": (train_blt, "train a BLT"),
+            "train-entropy": (train_entropy_model, "train a BLT entropy model (byte LM)"),
+            "train-byte-llama": (train_byte_llama, "train the byte-level Llama baseline on the same data"),
+        }[argv[0]]
+        entry(parse_options(argv[1:], description))
         return 0
     parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools")
     commands = parser.add_subparsers(dest="command", required=True)

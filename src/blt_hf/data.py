@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -118,6 +120,31 @@ def add_patch_lengths(dataset, model, batch_size: int = 16, chunk_size: int | No
     fingerprint = f"{dataset._fingerprint}-patches-{_patching_fingerprint(rule, patcher)}"
     return dataset.map(patch, batched=True, batch_size=batch_size, new_fingerprint=fingerprint,
                        desc="computing patches")
+
+
+def rows_fingerprint(files, row_length: int, split_paragraphs: bool = False, model=None) -> str:
+    """A key for packed rows: the files' contents, the packing settings and (with `model`) its patching."""
+    digest = hashlib.sha256(json.dumps([row_length, split_paragraphs]).encode())
+    for name in files:
+        digest.update(hashlib.sha256(Path(name).read_bytes()).digest())
+    if model is not None:
+        base = getattr(model, "model", model)
+        digest.update(_patching_fingerprint(PatchingRule.from_config(base.config), base.patcher).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_rows(folder: str | Path, build):
+    """`build()`'s dataset, saved under `folder` the first time (atomically) and loaded from there afterwards, so a
+    resumed or repeated run does not pack and patch again."""
+    from datasets import load_from_disk
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        scratch = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        build().save_to_disk(str(scratch))
+        os.replace(scratch, folder)
+    return load_from_disk(str(folder))
 
 
 class BLTDataCollator:

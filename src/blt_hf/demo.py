@@ -1,85 +1,88 @@
-"""`make demo`: build a BLT, patch a text in every mode, compute a loss and generate with the cache.
+"""`make demo`: the shipped default model (models/blt-hf-small-en), end to end on a fresh machine.
 
-No trained checkpoint ships yet, so the model has random weights (its entropies are near uniform; the threshold
-is calibrated on the text so that patches have about 4 bytes). Run: python -m blt_hf.demo [--plot demo_patches.png]
+Loads it with `from_pretrained`, splits a text into entropy patches (printed with per-byte entropies, plotted to a
+PNG), generates a continuation with the cached generator (and checks it against full recomputation), and measures
+held-out bits per byte and decode speed.
+
+    python -m blt_hf.demo [--model DIR] [--plot demo_patches.png] [--text "..."]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
-from .cli import _show, patch_report, plot_report
-from .configuration_blt_hf import BLTConfig
-from .modeling_blt_hf import BLTForCausalLM
-from .tokenization_blt_hf import BLTTokenizer
-
-TEXT = (
-    "Byte Latent Transformers read raw bytes. A small entropy model predicts each next byte; "
-    "where it is unsure, a new patch starts, so compute goes where the data is hard."
-)
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO / "models" / "blt-hf-small-en"
+HELD_OUT_SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+PROMPT = "The President said that the nation"
 
 
-def demo_config(**overrides) -> BLTConfig:
-    local = dict(hidden_size=128, num_attention_heads=4, intermediate_size=384, sliding_window=128)
-    values = dict(
-        encoder_hash_byte_group_vocab=4096,
-        max_position_embeddings=65536,
-        patcher_config=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384,
-                            sliding_window=128),
-        encoder_config=dict(local, num_hidden_layers=1),
-        global_config=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=768),
-        decoder_config=dict(local, num_hidden_layers=2),
-    )
-    values.update(overrides)
-    return BLTConfig(**values)
+def _generate(model, ids, new_bytes: int, **options):
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new_bytes, min_new_tokens=new_bytes, eos_token_id=None, **options)
+    return out, new_bytes / (time.perf_counter() - start)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a blt_hf checkpoint folder")
     parser.add_argument("--plot", default="demo_patches.png", help="where to write the entropy plot")
+    parser.add_argument("--text", default=TEXT, help="text to split into patches")
+    parser.add_argument("--prompt", default=PROMPT, help="prompt to continue")
     args = parser.parse_args(argv)
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"no blt_hf checkpoint at {folder} (give --model DIR)")
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = BLTForCausalLM(demo_config()).eval()
-    tokenizer = BLTTokenizer().attach_model(model)
-    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
 
-    with torch.no_grad():
-        entropies = model.model.patcher(ids).entropies[0, 1:]
-    model.config.patching_threshold = float(entropies.quantile(0.75))  # about one start in four bytes
-    print(f"BLT with {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (random weights)\n")
-    for mode, extra in [("entropy", {}), ("space", {}), ("static", {"patch_size": 4})]:
-        model.config.patching_mode = mode
-        for key, value in extra.items():
-            setattr(model.config, key, value)
-        report = patch_report(model, TEXT)
-        print(f"--- {mode} patching ---")
-        print(_show(report).splitlines()[0])
-        print(_show(report).splitlines()[1] + "\n")
-        if mode == "entropy":
-            plot_report(report, args.plot)
-    model.config.patching_mode = "entropy"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    batch = tokenizer(TEXT, return_tensors="pt", return_patch_lengths=True)
-    with torch.no_grad():
-        out = model(batch["input_ids"], patch_lengths=batch["patch_lengths"], labels=batch["input_ids"])
-    print(f"loss {out.loss.item():.3f} nats/byte = {out.loss.item() / 0.6931:.3f} bits/byte "
-          f"(uniform over 256 bytes: 8 bits)")
+    import blt_hf  # noqa: F401  (registers the classes with the Auto API)
 
-    prompt = tokenizer("A BLT has", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        start = time.perf_counter()
-        cached = model.generate(prompt, max_new_tokens=64, do_sample=False, eos_token_id=None)
-        cached_s = time.perf_counter() - start
-        start = time.perf_counter()
-        uncached = model.generate(prompt, max_new_tokens=64, do_sample=False, eos_token_id=None, use_cache=False)
-        uncached_s = time.perf_counter() - start
-    assert torch.equal(cached, uncached), "cached generation must equal full recomputation"
-    print(f"generated 64 bytes: cached {64 / cached_s:.0f} bytes/s, full recompute {64 / uncached_s:.0f} bytes/s, "
-          "identical output")
+    from .cli import _show, evaluate_bits_per_byte, patch_report, plot_report
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = model.config
+    print(f"{folder.name}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+          f"parameters; {config.patching_mode} patching, threshold {config.patching_threshold:.3f} nats\n")
+
+    report = patch_report(model, args.text)
+    print("--- patches (entropy model's next-byte entropy; a patch starts where it exceeds the threshold) ---")
+    print(_show(report) + "\n")
+    plot_report(report, args.plot)
+
+    ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    sampled, _ = _generate(model, ids, 160, do_sample=True, top_p=0.9, temperature=0.8)
+    print("--- sampled continuation (cached generation, top-p 0.9, temperature 0.8) ---")
+    print(tokenizer.decode(sampled[0], skip_special_tokens=True) + "\n")
+
+    cached, cached_speed = _generate(model, ids, 256, do_sample=False)
+    uncached, uncached_speed = _generate(model, ids, 64, do_sample=False, use_cache=False)
+    same = torch.equal(cached[:, : uncached.shape[1]], uncached)
+    print(f"greedy decoding: cached {cached_speed:.0f} bytes/s (256 bytes), full recomputation "
+          f"{uncached_speed:.0f} bytes/s (64 bytes); first 64 bytes identical: {same}")
+    if not same:
+        raise SystemExit("cached generation differs from full recomputation")
+
+    if HELD_OUT_SAMPLE.is_file():
+        result = evaluate_bits_per_byte(str(folder), [str(HELD_OUT_SAMPLE)], row_length=1024)
+        recorded = folder / "training_results.json"
+        note = ""
+        if recorded.is_file():
+            trained = json.loads(recorded.read_text())
+            note = (f" (measured at training time: {trained['sample_bits_per_byte']:.4f}; whole held-out set "
+                    f"{trained['heldout_bits_per_byte']:.4f})")
+        print(f"held-out bits per byte on {HELD_OUT_SAMPLE.name} ({result['bytes']} bytes): "
+              f"{result['bits_per_byte']:.4f}{note}; {result['bytes_per_patch']:.2f} bytes per patch")
     print(f"entropy plot written to {args.plot}")
 
 

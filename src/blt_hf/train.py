@@ -4,6 +4,7 @@ checkpoints every `save_steps` (resume with `--resume`), and a final `save_pretr
 
     blt-hf train-entropy --train a.txt b.txt --eval c.txt --output runs/entropy --preset small --steps 2000
     blt-hf train --train a.txt --eval c.txt --output runs/blt --preset small --patcher runs/entropy/final
+    blt-hf train-byte-llama --train a.txt --eval c.txt --output runs/llama --preset small    # the baseline
     accelerate launch --num_processes 2 --cpu -m blt_hf.cli train ...                 # DDP, same global batch
 
 Options can also come from a JSON file (`--options run.json`, keys = the option names below); flags win.
@@ -34,6 +35,7 @@ class TrainOptions:
     patcher: str | None = None  # copy the entropy model (and its patching settings) from this folder
     patching_mode: str | None = None
     split_paragraphs: bool = False
+    data_cache: str | None = None  # keep packed (and patched) rows here; resumes and repeated runs reuse them
     row_length: int = 1024
     batch_size: int = 8  # per device
     gradient_accumulation: int = 1
@@ -83,12 +85,17 @@ def parse_options(argv: list[str] | None, description: str, defaults: dict | Non
 
 
 def _rows(files, options, model=None):
-    from .data import add_patch_lengths, pack_documents, text_dataset
+    from .data import add_patch_lengths, cached_rows, pack_documents, rows_fingerprint, text_dataset
 
-    rows = pack_documents(text_dataset(files=files, split_paragraphs=options.split_paragraphs), options.row_length)
-    if model is not None:
-        rows = add_patch_lengths(rows, model)
-    return rows
+    def build():
+        docs = text_dataset(files=files, split_paragraphs=options.split_paragraphs)
+        rows = pack_documents(docs, options.row_length)
+        return add_patch_lengths(rows, model) if model is not None else rows
+
+    if not options.data_cache:
+        return build()
+    key = rows_fingerprint(files, options.row_length, options.split_paragraphs, model)
+    return cached_rows(Path(options.data_cache) / f"rows-{key}", build)
 
 
 def _eval_rows(options, model=None):
@@ -173,6 +180,11 @@ def _finish(trainer, model, eval_rows, options, extra_save=None) -> dict:
     if losses:
         metrics["train_loss_last"] = losses[-1]
     metrics["train_losses"] = losses
+    metrics["loss_history"] = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    metrics["history"] = [  # held-out evaluations, restored with the trainer state on resume
+        {"step": e["step"], "bits_per_byte": e["eval_bits_per_byte"]}
+        for e in trainer.state.log_history if "eval_bits_per_byte" in e
+    ]
     if eval_rows is not None:
         metrics.update({f"eval_{k}": v for k, v in bits_per_byte(model, eval_rows, options.batch_size).items()})
     if trainer.is_world_process_zero():
@@ -208,9 +220,7 @@ def train_entropy_model(options: TrainOptions) -> dict:
     trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
                       data_collator=BLTDataCollator(), callbacks=[callback])
     trainer.train(resume_from_checkpoint=_resume_point(options))
-    metrics = _finish(trainer, model, eval_rows, options)
-    metrics["history"] = callback.history
-    return metrics
+    return _finish(trainer, model, eval_rows, options)
 
 
 def build_blt(options: TrainOptions):
@@ -271,9 +281,40 @@ def train_blt(options: TrainOptions) -> dict:
     trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
                       data_collator=BLTDataCollator(), optimizers=(optimizer, None), callbacks=[callback])
     trainer.train(resume_from_checkpoint=_resume_point(options))
-    metrics = _finish(trainer, model, eval_rows, options, lambda folder: BLTTokenizer().save_pretrained(folder))
-    metrics["history"] = callback.history
-    return metrics
+    return _finish(trainer, model, eval_rows, options, lambda folder: BLTTokenizer().save_pretrained(folder))
 
 
-__all__ = ["TrainOptions", "train_blt", "train_entropy_model", "parse_options", "HeldOutBitsPerByte"]
+def train_byte_llama(options: TrainOptions) -> dict:
+    """Train the byte-level Llama baseline (`blt_hf.baselines`) on the same packed rows, with the BLT optimizer
+    settings (AdamW, betas 0.9/0.95, weight decay on matrices); report held-out bits per byte."""
+    from transformers import LlamaConfig, Trainer
+
+    from .baselines import ByteLlamaForCausalLM, byte_llama_config
+    from .data import BLTDataCollator
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    if options.model:
+        model = ByteLlamaForCausalLM.from_pretrained(options.model)
+    elif options.config:
+        model = ByteLlamaForCausalLM(LlamaConfig.from_json_file(options.config))
+    else:
+        model = ByteLlamaForCausalLM(byte_llama_config(options.preset, max_position_embeddings=options.row_length))
+    train_rows = _rows(options.train, options)
+    eval_rows = _eval_rows(options)
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() >= 2],
+         "weight_decay": options.weight_decay},
+        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=options.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+    callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
+    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
+                      data_collator=BLTDataCollator(), optimizers=(optimizer, None), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=_resume_point(options))
+    return _finish(trainer, model, eval_rows, options)
+
+
+__all__ = ["TrainOptions", "train_blt", "train_byte_llama", "train_entropy_model", "parse_options",
+           "HeldOutBitsPerByte"]

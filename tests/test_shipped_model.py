@@ -1,0 +1,65 @@
+"""The shipped default model (models/blt-hf-small-en): it loads, scores held-out text as well as it did at training
+time, its cached generation is exact, and `make demo` runs on it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import blt_hf  # noqa: F401
+from blt_hf.cli import evaluate_bits_per_byte
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "models" / "blt-hf-small-en"
+SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
+MARGIN_BITS = 0.02
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED).eval()
+    return model, AutoTokenizer.from_pretrained(SHIPPED)
+
+
+def test_shipped_folder_is_complete_and_small():
+    names = {p.name for p in SHIPPED.iterdir()}
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "training_results.json",
+                 "modeling_blt_hf.py", "configuration_blt_hf.py", "tokenization_blt_hf.py"):
+        assert name in names, name
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 60e6
+
+
+def test_held_out_bits_per_byte_is_within_the_margin_of_the_training_time_measurement(shipped):
+    recorded = json.loads((SHIPPED / "training_results.json").read_text())
+    result = evaluate_bits_per_byte(str(SHIPPED), [str(SAMPLE)], row_length=recorded["row_length"])
+    assert result["bytes"] > 5000
+    assert result["bits_per_byte"] <= recorded["sample_bits_per_byte"] + MARGIN_BITS
+    assert result["bits_per_byte"] < 3.0  # far from uniform (8 bits): the weights are trained
+    assert abs(result["bytes_per_patch"] - recorded["sample_bytes_per_patch"]) < 0.05
+
+
+def test_cached_generation_equals_full_recomputation_on_the_shipped_model(shipped):
+    model, tokenizer = shipped
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["The President said that", "Enter the King, with his"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        cached = model.generate(**batch, max_new_tokens=96, do_sample=False, eos_token_id=None)
+        uncached = model.generate(**batch, max_new_tokens=96, do_sample=False, eos_token_id=None, use_cache=False)
+    assert torch.equal(cached, uncached)
+    text = tokenizer.decode(cached[0], skip_special_tokens=True)
+    assert text.startswith("The President said that") and len(text.encode()) > len("The President said that") + 48
+
+
+def test_make_demo_runs_on_the_shipped_model(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": "src"}
+    done = subprocess.run([sys.executable, "-m", "blt_hf.demo", "--plot", str(tmp_path / "patches.png")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "patches (entropy patching" in done.stdout and "first 64 bytes identical: True" in done.stdout
+    assert "held-out bits per byte" in done.stdout
+    assert (tmp_path / "patches.png").stat().st_size > 10_000
