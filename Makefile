@@ -22,7 +22,7 @@ $(STAMP): setup.py constraints.txt
 install: $(STAMP)
 
 test: install
-	$(PY) -m ruff check src tests eval conversion
+	$(PY) -m ruff check src tests eval conversion scripts
 	$(PY) -m pytest -q tests
 
 demo: install

@@ -35,7 +35,7 @@ def harness_model(name: str, folder: Path):
     from blt_hf.lm_eval_adapter import BLTLM
 
     if name == "byte-llama":
-        return HFLM(pretrained=str(folder), tokenizer=str(SHIPPED), trust_remote_code=True, batch_size=8,
+        return HFLM(pretrained=str(folder), tokenizer=str(SHIPPED), trust_remote_code=True, batch_size=8, device="cpu",
                     max_length=1024)
     return BLTLM(pretrained=str(folder), max_batch_bytes=8 * 1024)
 

@@ -60,6 +60,7 @@ def test_make_demo_runs_on_the_shipped_model(tmp_path):
     done = subprocess.run([sys.executable, "-m", "blt_hf.demo", "--plot", str(tmp_path / "patches.png")], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "patches (entropy patching" in done.stdout and "first 64 bytes identical: True" in done.stdout
+    assert "entropy patching, threshold" in done.stdout and "--- patches" in done.stdout
+    assert "first 64 bytes identical: True" in done.stdout
     assert "held-out bits per byte" in done.stdout
     assert (tmp_path / "patches.png").stat().st_size > 10_000

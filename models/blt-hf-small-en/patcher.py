@@ -1,0 +1,137 @@
+"""`BLTPatcher`: the entropy model, a small byte-level causal LM with sliding-window attention.
+
+Usable on its own (next-byte logits, entropies, loss / bits-per-byte) and inside `BLTModel`, where its next-byte
+entropies decide where patches start. Inputs longer than `chunk_size` run chunk by chunk through a sliding-window
+cache, which gives the same result as one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .cache import SlidingWindowCache
+from .configuration_blt_hf import BLTPatcherConfig
+from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
+from .masks import LocalAttentionPlan
+from .patching import documents_from_positions, entropy_from_logits
+from .pretrained import BLTPreTrainedModel
+
+
+@dataclass
+class BLTPatcherOutput(ModelOutput):
+    """loss: mean next-byte cross-entropy (nats); logits [B, T, V] (fp32); entropies [B, T] in nats."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    entropies: torch.Tensor | None = None
+    past_key_values: BLTPatcherCache | None = None
+
+
+class BLTPatcherCache(SlidingWindowCache):
+    """Sliding-window cache of a standalone patcher, with the count of real bytes seen per row."""
+
+    def __init__(self, num_layers: int, window: int | None):
+        super().__init__(num_layers, window)
+        self.num_bytes: torch.Tensor | None = None
+
+
+class BLTPatcher(BLTPreTrainedModel):
+    config_class = BLTPatcherConfig
+    base_model_prefix = "patcher"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: BLTPatcherConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(BLTTransformerLayer.from_config(config, i) for i in range(config.num_hidden_layers))
+        self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary_emb = BLTRotaryEmbedding(config)
+        self.loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts num_items_in_batch accordingly
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
+        """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]; `segments` [B, n] keeps
+        packed documents apart."""
+        plan = LocalAttentionPlan(self.config.sliding_window, valid, segments, cache=cache)
+        hidden = self.embed_tokens(ids)
+        rotations = self.rotary_emb(positions)
+        for layer in self.layers:
+            hidden = layer(hidden, rotations, plan)
+        return self.lm_head(self.norm(hidden)).float()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: BLTPatcherCache | None = None,
+        use_cache: bool | None = None,
+        chunk_size: int | None = None,
+        **kwargs,
+    ) -> BLTPatcherOutput:
+        """Next-byte logits and entropies; with `labels`, the causal-LM loss (shifted inside, -100 ignored,
+        `num_items_in_batch` honoured).
+
+        Left or right padding via `attention_mask`; positions restart at each row's first real byte. Rows packing
+        several documents pass `position_ids` (0 at each document's BOS): documents never attend to each other.
+        `chunk_size` runs long inputs in chunks through a cache (same result, bounded memory).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids must be in 0..{self.config.vocab_size - 1}")
+        batch, length = input_ids.shape
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask[:, -length:].to(input_ids.device).bool()
+        )
+        documents = None
+        if position_ids is not None:
+            if past_key_values is not None or use_cache or chunk_size is not None:
+                raise ValueError("position_ids (packed documents) cannot be combined with a cache or chunking")
+            documents = documents_from_positions(position_ids.to(input_ids.device), valid)
+        if use_cache and past_key_values is None:
+            past_key_values = BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window)
+        cache = past_key_values
+        if chunk_size is not None and cache is None and length > chunk_size:
+            cache = BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window)
+        seen = cache.num_bytes if cache is not None and cache.num_bytes is not None else input_ids.new_zeros(batch)
+        ids = torch.where(valid, input_ids, 0)
+        step = chunk_size or max(length, 1)
+        logits = []
+        for start in range(0, length, step):
+            chunk_valid = valid[:, start : start + step]
+            positions = (seen[:, None] + chunk_valid.cumsum(1) - 1).clamp(min=0)
+            logits.append(
+                self.next_byte_logits(ids[:, start : start + step], positions, chunk_valid, cache, documents)
+            )
+            seen = seen + chunk_valid.sum(1)
+            if cache is not None:
+                cache.num_bytes = seen
+        logits = torch.cat(logits, dim=1) if logits else input_ids.new_zeros(batch, 0, self.config.vocab_size).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels.to(logits.device), self.config.vocab_size, **kwargs)
+        return BLTPatcherOutput(
+            loss=loss,
+            logits=logits,
+            entropies=entropy_from_logits(logits),
+            past_key_values=past_key_values,
+        )
+
+    @torch.no_grad()
+    def bits_per_byte(self, input_ids, attention_mask=None, chunk_size: int | None = None) -> float:
+        """Mean next-byte cross-entropy over real bytes (BOS excluded as a target), in bits."""
+        labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
+        return self(input_ids, attention_mask, labels=labels, chunk_size=chunk_size).loss.item() / math.log(2)

@@ -1,0 +1,288 @@
+"""Patch boundary rules: where a new patch starts, batched over rows and incremental over bytes.
+
+Conventions of the released models, followed in every mode:
+* byte 0 (BOS) is a patch of its own and byte 1 always starts the next patch;
+* whether byte j >= 2 starts a patch depends only on bytes < j (for entropy: on H(j-1), the entropy model's
+  uncertainty about byte j), so a prefix's boundaries never change when bytes are appended;
+* a sequence of n bytes also has a virtual position n ("the next byte"): if it starts a patch, the patch holding
+  byte n-1 is complete and the decoder may read it when predicting byte n.
+
+Patch lengths follow the official convention (include the virtual position): a row of n bytes has lengths summing
+to n + 1, right-padded with zeros. Lengths summing to n (transformers' Blt) are accepted as input too; then a
+trailing zero-length patch marks a start at the virtual position.
+
+The rule for byte j >= 2 (positions row-local):
+* entropy:       H(j-1) > θ
+* monotonicity:  H(j-1) - H(j-2) > θ, and byte 2 always starts a patch (official code)
+* θ + θ_add:     H(j-1) - H(j-2) > θ_add and H(j-1) > θ, byte 2 starts and byte 3 never does (official code)
+* static:        (j - 1) % patch_size == 0: BOS alone, then blocks of patch_size bytes
+* space:         byte j-1 is the first of a run of space-like bytes, or a special id (official rule)
+* byte:          always
+`max_patch_length` then splits every patch the rule made into pieces of that length, from its start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cache import PatchingState
+from .configuration_blt_hf import BYTE_OFFSET
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Next-byte entropy in nats, computed in fp32: [..., V] -> [...]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def is_space_like(ids: torch.Tensor) -> torch.Tensor:
+    """The official space-like byte test on ids (byte + 4): not a letter, digit or UTF-8 continuation byte."""
+    b = ids - BYTE_OFFSET
+    return (
+        (b < ord("0"))
+        | ((ord("9") < b) & (b < ord("A")))
+        | ((ord("Z") < b) & (b < ord("a")))
+        | ((ord("z") < b) & (b < 0x80))
+        | (b >= 0xC0)
+    )
+
+
+def _previous(values: torch.Tensor, valid: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """values of the previous real byte in the row: shift right, filling from `carried` at the row's first byte."""
+    shifted = torch.cat((carried[:, None], values[:, :-1]), dim=1)
+    prev_valid = torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+    return torch.where(prev_valid, shifted, carried[:, None])
+
+
+def _last_valid(values: torch.Tensor, valid: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """value at each row's last real byte, or `carried` for rows without any."""
+    index = torch.arange(valid.shape[1], device=valid.device)
+    last = torch.where(valid, index, -1).max(dim=1).values
+    picked = values.gather(1, last.clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(last >= 0, picked, carried)
+
+
+@dataclass(frozen=True)
+class PatchingRule:
+    """The patch-start rule of a `BLTConfig`, applied chunk by chunk."""
+
+    mode: str = "entropy"
+    threshold: float = 1.335442066192627
+    threshold_add: float | None = None
+    monotonicity: bool = False
+    patch_size: int = 4
+    max_patch_length: int | None = None
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> PatchingRule:
+        values = dict(
+            mode=config.patching_mode,
+            threshold=float(config.patching_threshold),
+            threshold_add=None if config.patching_threshold_add is None else float(config.patching_threshold_add),
+            monotonicity=config.monotonicity,
+            patch_size=config.patch_size,
+            max_patch_length=config.max_patch_length,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def needs_entropies(self) -> bool:
+        return self.mode == "entropy"
+
+    def rule_starts_next(self, positions, ids, prev_ids, entropies, prev_entropies) -> torch.Tensor:
+        """Does the rule start a patch at position p + 1, for each byte at position p. All [B, n]."""
+        p = positions
+        if self.mode == "byte":
+            return torch.ones_like(p, dtype=torch.bool)
+        if self.mode == "static":
+            return p % self.patch_size == 0
+        if self.mode == "space":
+            return (p == 0) | (is_space_like(ids) & ~is_space_like(prev_ids)) | (ids < BYTE_OFFSET)
+        rise = entropies - prev_entropies
+        if self.monotonicity:
+            return (p <= 1) | (rise > self.threshold)
+        if self.threshold_add is not None:
+            return (p <= 1) | ((p >= 3) & (rise > self.threshold_add) & (entropies > self.threshold))
+        return (p == 0) | (entropies > self.threshold)
+
+    def __call__(self, positions, valid, ids, entropies, state: PatchingState, document_positions=None):
+        """Patch starts for a chunk of bytes continuing `state`.
+
+        positions/valid/ids/entropies: [B, n] (entropies may be None unless the mode needs them).
+        document_positions [B, n]: for rows packing several documents, each byte's position in its document (0 at
+        each document's BOS); every document then starts with a patch of its own, as if it were alone.
+        Returns (starts [B, n]: does each byte start a patch; next_starts [B, n]: does the position after each
+        byte start one; the updated state).
+        """
+        if entropies is None:
+            entropies = torch.zeros(positions.shape, device=positions.device)
+        entropies = entropies.float()
+        rule_positions = positions if document_positions is None else document_positions
+        prev_ids = _previous(ids, valid, state.prev_id)
+        prev_entropies = _previous(entropies, valid, state.prev_entropy)
+        rule_next = self.rule_starts_next(rule_positions, ids, prev_ids, entropies, prev_entropies) & valid
+        if document_positions is not None:  # the byte before a document's BOS closes its patch
+            next_opens = (document_positions[:, 1:] == 0) & valid[:, 1:]
+            next_is_document = torch.cat((next_opens, torch.zeros_like(valid[:, :1])), dim=1)
+            rule_next = rule_next | (next_is_document & valid)
+        candidates = torch.where(rule_next, positions + 1, -1)
+        with_state = torch.cat((state.rule_patch_start[:, None], candidates), dim=1)
+        rule_start_at_next = torch.cummax(with_state, dim=1).values[:, 1:]
+        next_starts = rule_next
+        if self.max_patch_length is not None:
+            offset = positions + 1 - rule_start_at_next
+            forced = (offset > 0) & (offset % self.max_patch_length == 0)
+            next_starts = (rule_next | forced) & valid
+        starts = _previous(next_starts, valid, state.pending_start) & valid
+        new_state = PatchingState(
+            pending_start=_last_valid(next_starts, valid, state.pending_start),
+            prev_entropy=_last_valid(entropies, valid, state.prev_entropy),
+            prev_id=_last_valid(ids, valid, state.prev_id),
+            rule_patch_start=_last_valid(rule_start_at_next, valid, state.rule_patch_start),
+        )
+        return starts, next_starts, new_state
+
+
+def starts_from_patch_lengths(patch_lengths: torch.Tensor, num_bytes: torch.Tensor) -> torch.Tensor:
+    """Validated patch lengths [B, P] -> start flags [B, N + 1] over row-local positions 0..N (N = max bytes).
+
+    Position num_bytes[b] is the row's virtual next position. Raises ValueError for lengths that cannot describe
+    a causal BLT patching of the row.
+    """
+    if patch_lengths.dim() != 2 or patch_lengths.shape[0] != num_bytes.shape[0]:
+        raise ValueError(
+            f"patch_lengths must have shape [batch, num_patches] with batch {num_bytes.shape[0]}, "
+            f"got {tuple(patch_lengths.shape)}"
+        )
+    if patch_lengths.is_floating_point() or patch_lengths.dtype == torch.bool or patch_lengths.is_complex():
+        raise ValueError(f"patch_lengths must be an integer tensor, got dtype {patch_lengths.dtype}")
+    lengths = patch_lengths.long().to(num_bytes.device)
+    if (lengths < 0).any():
+        raise ValueError(f"patch_lengths contain negative lengths: {lengths[(lengths < 0).any(1)].tolist()}")
+    totals = lengths.sum(1)
+    bad = (totals != num_bytes) & (totals != num_bytes + 1)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"patch_lengths of row {row} sum to {int(totals[row])}, but the row has {int(num_bytes[row])} bytes: "
+            f"they must sum to the number of bytes (+1 with the virtual next position)"
+        )
+    nonzero = lengths > 0
+    later_nonzero = nonzero.flip(1).cumsum(1).flip(1) - nonzero.long() > 0
+    if ((~nonzero) & later_nonzero).any():
+        raise ValueError(
+            "patch_lengths have a zero-length patch before a non-empty one; only trailing zeros are allowed"
+        )
+    has_bytes = num_bytes > 0
+    if (has_bytes & (lengths[:, 0] != 1)).any():
+        raise ValueError(
+            "the first patch must be exactly one byte (BOS alone): each byte reads the patch before its "
+            "target's patch, so a longer first patch would leak future bytes; "
+            f"got first lengths {lengths[:, 0].tolist()}"
+        )
+    begins = lengths.cumsum(1) - lengths
+    is_start = nonzero | ((begins == num_bytes[:, None]) & (totals == num_bytes)[:, None])
+    max_bytes = int(num_bytes.max()) if num_bytes.numel() else 0
+    starts = torch.zeros(lengths.shape[0], max_bytes + 2, dtype=torch.long, device=lengths.device)
+    starts.scatter_reduce_(1, begins.clamp(max=max_bytes + 1), is_start.long(), "amax")
+    return starts[:, : max_bytes + 1].bool()
+
+
+def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> torch.Tensor:
+    """Start flags [B, N + 1] over positions 0..N -> lengths [B, P] summing to num_bytes + 1, zero right-padded."""
+    positions = torch.arange(starts.shape[1], device=starts.device)[None]
+    inside = positions <= num_bytes[:, None]
+    starts = starts & inside
+    patch_index = starts.long().cumsum(1) - 1
+    num_patches = int(starts.sum(1).max()) if starts.numel() else 0
+    lengths = torch.zeros(starts.shape[0], num_patches + 1, dtype=torch.long, device=starts.device)
+    lengths.scatter_add_(1, torch.where(inside & (patch_index >= 0), patch_index, num_patches), inside.long())
+    return lengths[:, :num_patches]
+
+
+def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None, documents=None,
+                         document_positions=None):
+    """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies)."""
+    entropies = None
+    if rule.needs_entropies:
+        if patcher is None:
+            raise ValueError("entropy patching needs the entropy model, but no patcher is available")
+        with torch.no_grad():
+            logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
+            entropies = entropy_from_logits(logits)
+    starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions)
+    return starts, next_starts, state, entropies
+
+
+def row_start_flags(starts, next_starts, positions, valid) -> torch.Tensor:
+    """Per-byte flags [B, n] of a fresh sequence -> start flags [B, N + 1] over row-local positions 0..N."""
+    batch, length = starts.shape
+    flags = torch.zeros(batch, length + 2, dtype=torch.long, device=starts.device)
+    dummy = length + 1
+    flags.scatter_add_(1, torch.where(valid, positions, dummy), starts.long())
+    flags.scatter_add_(1, torch.where(valid, positions + 1, dummy), next_starts.long())
+    return flags[:, : length + 1] > 0
+
+
+def documents_from_positions(position_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Document index [B, n] of each byte of rows packing documents, from per-document positions (0 at each BOS).
+    Raises ValueError unless every row starts a document and positions count up by one inside each document."""
+    if position_ids.shape != valid.shape:
+        raise ValueError(f"position_ids must have the shape of input_ids {tuple(valid.shape)}")
+    position_ids = position_ids.long()
+    starts = (position_ids == 0) & valid
+    prev_valid = torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+    previous = torch.cat((position_ids[:, :1], position_ids[:, :-1]), dim=1)
+    continues = valid & prev_valid & ~starts
+    if (continues & (position_ids != previous + 1)).any() or (valid & ~prev_valid & ~starts).any():
+        raise ValueError(
+            "position_ids must count 0, 1, 2, ... inside each packed document and start at 0 on each row's first byte"
+        )
+    return (starts.long().cumsum(1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=None, chunk_size: int | None = None,
+                          position_ids=None):
+    """Patch lengths [B, P] (official convention) and entropies [B, n] (None unless entropy mode) of fresh rows.
+
+    Left or right padding via `attention_mask`; packed documents via `position_ids` (0 at each document's BOS).
+    Long rows run in chunks of `chunk_size` bytes through the entropy model's sliding-window cache, with the same
+    result as one pass.
+    """
+    from .cache import SlidingWindowCache
+
+    batch, length = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    ids = torch.where(valid, input_ids, 0)
+    documents = None if position_ids is None else documents_from_positions(position_ids, valid)
+    state = PatchingState.initial(batch, input_ids.device)
+    cache = None
+    if patcher is not None and rule.needs_entropies and chunk_size is not None and length > chunk_size:
+        cache = SlidingWindowCache(patcher.config.num_hidden_layers, patcher.config.sliding_window)
+    seen = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+    step = chunk_size if cache is not None else max(length, 1)
+    all_starts, all_next, all_entropies = [], [], []
+    for begin in range(0, length, step):
+        chunk = slice(begin, begin + step)
+        chunk_valid = valid[:, chunk]
+        positions = (seen[:, None] + chunk_valid.long().cumsum(1) - 1).clamp(min=0)
+        starts, next_starts, state, entropies = compute_patch_starts(
+            rule, ids[:, chunk], positions, chunk_valid, state, patcher, cache,
+            None if documents is None else documents[:, chunk],
+            None if position_ids is None else position_ids[:, chunk].long(),
+        )
+        seen = seen + chunk_valid.sum(1)
+        all_starts.append(starts)
+        all_next.append(next_starts)
+        all_entropies.append(entropies)
+    if not all_starts:
+        return torch.ones(batch, 1, dtype=torch.long, device=input_ids.device), None
+    starts, next_starts = torch.cat(all_starts, 1), torch.cat(all_next, 1)
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
+    entropies = torch.cat(all_entropies, 1) if all_entropies[0] is not None else None
+    return lengths, entropies
