@@ -40,9 +40,12 @@ def main():
     config = BLTPatcherConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768,
                               sliding_window=512)
     patcher = BLTPatcher(config).eval()
-    text = stdlib_text(int(args.megabytes * 1e6))
     body = args.row_bytes - 1
-    rows = torch.tensor(list(text[: len(text) // body * body]), dtype=torch.long).view(-1, body) + 4
+    wanted = -(-int(args.megabytes * 1e6) // body) * body  # whole rows, at least --megabytes of text
+    text = stdlib_text(wanted)[:wanted]
+    if len(text) < wanted:
+        raise SystemExit(f"only {len(text)} bytes of text found, {wanted} wanted")
+    rows = torch.tensor(list(text), dtype=torch.long).view(-1, body) + 4
     ids = torch.cat((torch.ones(rows.shape[0], 1, dtype=torch.long), rows), dim=1)
     with torch.no_grad():
         sample = entropy_from_logits(patcher(ids[:1]).logits)[0, 1:]

@@ -44,6 +44,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=500, help="documents per task")
     parser.add_argument("--robustness-limit", type=int, default=200, help="HellaSwag documents in the noise suite")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
     from lm_eval import simple_evaluate
@@ -51,7 +52,7 @@ def main():
 
     from blt_hf.robustness import markdown_report, write_suite
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if not (REPO / "data" / "tasks" / "hellaswag.jsonl").is_file():
         subprocess.run([sys.executable, str(REPO / "eval" / "prepare_tasks.py")], check=True, cwd=REPO)
     results = {"limit": args.limit, "robustness_limit": args.robustness_limit, "tasks": {}, "robustness": {}}

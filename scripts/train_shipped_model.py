@@ -15,6 +15,7 @@ checkpoint, finished stages are skipped):
              held-out sample and bound that tests/test_shipped_model.py checks
   byteify    SmolLM2-135M converted by the Llama converter and trained briefly, against a from-scratch BLT of the
              same shape for the same steps
+  card       MODEL_CARD.md -> the shipped folder's README.md (with its figure); its remote code from src
 
 Training FLOPs follow the paper's accounting: 3 x forward FLOPs, exact counts of blt_hf's computation with the
 patches each row really gets (entropy-model FLOPs excluded: patches are precomputed). Logs go to
@@ -43,7 +44,7 @@ RUN = REPO / "runs" / "shipped"
 RESULTS = REPO / "eval" / "results" / "shipped"
 SHIPPED = REPO / "models" / "blt-hf-small-en"
 SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
-STAGES = ("corpus", "entropy", "calibrate", "runs", "measure", "plot", "ship", "byteify")
+STAGES = ("corpus", "entropy", "calibrate", "runs", "measure", "plot", "ship", "byteify", "card")
 
 ROW, BATCH = 1024, 8
 ENTROPY_STEPS = 2000
@@ -357,6 +358,23 @@ def _heldout_sample() -> str:
     return "\n\n".join(Path(f).read_text()[2000:4000].strip() for f in picks) + "\n"
 
 
+def write_model_card(folder: Path) -> None:
+    """MODEL_CARD.md as the folder's README.md (the Hub's model card), with its figure next to it."""
+    plot = "eval/results/shipped/bpb_vs_training_flops.png"
+    (folder / "README.md").write_text((REPO / "MODEL_CARD.md").read_text().replace(plot, Path(plot).name))
+    if (REPO / plot).is_file():
+        shutil.copyfile(REPO / plot, folder / Path(plot).name)
+
+
+def stage_card() -> None:
+    """Refresh the shipped folder's model card from MODEL_CARD.md and its remote code from src/blt_hf (the modules
+    save_pretrained copied there), after editing either; the weights stay as they are."""
+    write_model_card(SHIPPED)
+    for module in sorted(SHIPPED.glob("*.py")):
+        shutil.copyfile(REPO / "src" / "blt_hf" / module.name, module)
+    log(f"model card and remote code refreshed in {SHIPPED}")
+
+
 def stage_ship() -> None:
     from blt_hf import BLTForCausalLM, BLTTokenizer
     from blt_hf.checkpoints import write_folder_atomically
@@ -370,7 +388,7 @@ def stage_ship() -> None:
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         BLTTokenizer().save_pretrained(folder)
-        shutil.copyfile(REPO / "MODEL_CARD.md", folder / "README.md")
+        write_model_card(folder)
 
     if SHIPPED.exists():
         shutil.rmtree(SHIPPED)
@@ -432,6 +450,8 @@ def main() -> None:
         log(f"stage {stage}")
         globals()[f"stage_{stage}"]()
     result = summary()
+    if not result["runs"]:  # nothing trained on this machine (e.g. --only card): keep the committed summary
+        return
     write_json(RESULTS / "summary.json", result)
     (RESULTS / "summary.md").write_text(summary_table(result))
     print(json.dumps({name: {k: run[k] for k in ("heldout_bits_per_byte", "bytes_per_patch", "training_flops",

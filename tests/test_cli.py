@@ -65,3 +65,35 @@ def test_calibrate_rejects_an_unreachable_target(checkpoint):
     model_dir, corpus = checkpoint
     with pytest.raises(ValueError, match="outside what this rule reaches"):
         main(["calibrate", str(corpus), "--model", str(model_dir), "--target-bytes-per-patch", "100000"])
+
+
+def test_calibrate_without_a_model_uses_the_default_and_never_rewrites_it(checkpoint, capsys, tmp_path, monkeypatch):
+    model_dir, corpus = checkpoint
+    before = (model_dir / "config.json").read_text()
+    monkeypatch.setenv("BLT_HF_MODEL", str(model_dir))
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", str(corpus), "--target-bytes-per-patch", "4.5"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (model_dir / "config.json").read_text() == before
+    written = BLTConfig.from_pretrained(tmp_path / "blt-hf-calibrated")
+    assert result["written_to"] == "blt-hf-calibrated"
+    assert written.patching_threshold == pytest.approx(result["threshold"])
+
+
+@pytest.mark.parametrize("rule", ["global", "monotonic", "combined"])
+def test_patch_plot_draws_the_threshold_of_each_rule(checkpoint, tmp_path, rule):
+    from matplotlib import image
+
+    from blt_hf import BLTForCausalLM
+    from blt_hf.cli import patch_report, plot_report
+
+    model = BLTForCausalLM.from_pretrained(checkpoint[0])
+    model.config.monotonicity = rule == "monotonic"
+    model.config.patching_threshold_add = 0.1 if rule == "combined" else None
+    report = patch_report(model, TEXT)
+    assert report["monotonicity"] == (rule == "monotonic")
+    plot_report(report, tmp_path / "plot.png")
+    pixels = image.imread(tmp_path / "plot.png")
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 900
+    orange = ((pixels[..., 0] > 0.9) & (pixels[..., 1] > 0.4) & (pixels[..., 1] < 0.6) & (pixels[..., 2] < 0.2)).sum()
+    assert (orange > 100) == (rule != "global")  # the entropy rise is drawn exactly when the rule uses it

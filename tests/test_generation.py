@@ -102,14 +102,25 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone_with_per_r
     model = build_model("entropy", seed=5)
     ids, mask = left_padded_batch([9, 23, 15], seed=5)
     with torch.no_grad():
-        batched = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=[2, 100])
+        free = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=None)
+    # EOS ids taken from the rows' own continuations, so that rows stop at different steps (or not at all)
+    continuation = free[:, ids.shape[1] :]
+    eos = sorted({int(continuation[0, 3]), int(continuation[1, 12])})
+    stops = [next((i for i, t in enumerate(row.tolist()) if t in eos), None) for row in continuation]
+    assert len(set(stops)) > 1 and min(s for s in stops if s is not None) < 29
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=eos)
         for row in range(3):
             alone = model.generate(ids[row : row + 1, ~(mask[row] == 0)], max_new_tokens=30, do_sample=False,
-                                   eos_token_id=[2, 100])
+                                   eos_token_id=eos)
             new = batched[row, ids.shape[1] :]
             expected = alone[0, mask[row].sum() :]
             assert torch.equal(new[: len(expected)], expected)
             assert (new[len(expected) :] == model.config.pad_token_id).all()
+            if stops[row] is not None:  # stopped right after its EOS, padded from there on
+                assert len(expected) == stops[row] + 1 and int(expected[-1]) in eos
+            else:
+                assert len(expected) == 30
 
 
 @pytest.mark.parametrize("kwargs", [

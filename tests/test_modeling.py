@@ -11,7 +11,13 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from blt_hf import BLTConfig, BLTForCausalLM, BLTModel
-from tests.utils import random_ids, separated_threshold, tiny_config, tiny_model
+from tests.utils import (
+    PATCHING_VARIANTS,
+    calibrate_patching,
+    random_ids,
+    tiny_config,
+    tiny_model,
+)
 
 ROW_LENGTHS = [50, 23, 77]
 
@@ -30,19 +36,12 @@ def _pad(rows, side, pad_id=0):
     return ids, mask
 
 
-def _calibrated(model, rows):
-    with torch.no_grad():
-        entropies = torch.cat([model.model.patcher(r[None]).entropies[0, 1:] for r in rows])
-    model.config.patching_threshold = separated_threshold(entropies)
-    return model
-
-
-@pytest.mark.parametrize("mode", ["entropy", "static", "space", "byte"])
+@pytest.mark.parametrize("variant", list(PATCHING_VARIANTS))
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padded_rows_give_the_logits_of_each_row_alone(side, mode):
-    model = tiny_model(seed=1, patching_mode=mode, has_patcher=True, patch_size=3)
+def test_padded_rows_give_the_logits_of_each_row_alone(side, variant):
+    model = tiny_model(seed=1, has_patcher=True, **PATCHING_VARIANTS[variant])
     rows = _rows()
-    _calibrated(model, rows)
+    calibrate_patching(model, variant, rows)
     ids, mask = _pad(rows, side, pad_id=7 if side == "left" else 0)  # any pad id: padding must never be read
     with torch.no_grad():
         batched = model(ids, attention_mask=mask).logits

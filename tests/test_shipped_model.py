@@ -3,6 +3,7 @@ time, its cached generation is exact, and `make demo` runs on it."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,27 @@ def test_make_demo_runs_on_the_shipped_model(tmp_path):
     assert "first 64 bytes identical: True" in done.stdout
     assert "held-out bits per byte" in done.stdout
     assert (tmp_path / "patches.png").stat().st_size > 10_000
+
+
+def test_shipped_remote_code_is_the_current_package_code():
+    # trust_remote_code users run these copies: they must be what blt_hf runs (refresh: train_shipped_model --only card)
+    modules = sorted(SHIPPED.glob("*.py"))
+    assert {"modeling_blt_hf.py", "configuration_blt_hf.py", "tokenization_blt_hf.py"} <= {m.name for m in modules}
+    stale = [m.name for m in modules if m.read_text() != (REPO / "src" / "blt_hf" / m.name).read_text()]
+    assert not stale, f"stale remote code in {SHIPPED}: {stale}; run scripts/train_shipped_model.py --only card"
+    card = (SHIPPED / "README.md").read_text()
+    figure = "eval/results/shipped/bpb_vs_training_flops.png"
+    assert card == (REPO / "MODEL_CARD.md").read_text().replace(figure, Path(figure).name)
+    assert (SHIPPED / Path(figure).name).read_bytes() == (REPO / figure).read_bytes()
+    assert not re.search(r"@[A-Z_]+@", card), "unfilled template fields in the model card"
+
+
+def test_model_card_metadata_parses_as_a_hub_model_card():
+    from huggingface_hub import ModelCard
+
+    card = ModelCard((REPO / "MODEL_CARD.md").read_text())
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    (result,) = card.data.eval_results
+    recorded = json.loads((SHIPPED / "training_results.json").read_text())
+    assert result.metric_type == "bits_per_byte"
+    assert result.metric_value == pytest.approx(recorded["heldout_bits_per_byte"], abs=1e-4)

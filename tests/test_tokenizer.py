@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
 
 from blt_hf import BLTTokenizer
-from tests.utils import separated_threshold, tiny_model
+from tests.utils import PATCHING_VARIANTS, calibrate_patching, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +71,10 @@ def test_data_collator_pads_and_masks_labels(tok):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
-def _checkpoint(tmp_path, **overrides):
+def _checkpoint(tmp_path, variant="entropy", **overrides):
     model = tiny_model(seed=11, **overrides)
-    probe = torch.tensor([[1] + [b + 4 for b in b"calibrate the threshold on some text, please!"]])
-    with torch.no_grad():
-        model.config.patching_threshold = separated_threshold(model.model.patcher(probe).entropies[:, 1:])
+    probe = torch.tensor([1] + [b + 4 for b in b"calibrate the threshold on some text, please!"])
+    calibrate_patching(model, variant, [probe])
     model.save_pretrained(tmp_path)
     BLTTokenizer().save_pretrained(tmp_path)
     return model
@@ -84,9 +83,9 @@ def _checkpoint(tmp_path, **overrides):
 TEXTS = ["Hello, world! Patches follow the entropy.", "short", "naïve café — ünïcödé"]
 
 
-@pytest.mark.parametrize("mode", ["entropy", "static", "space", "byte"])
-def test_patch_lengths_from_the_checkpoint_give_the_models_own_logits(tmp_path, mode):
-    model = _checkpoint(tmp_path, patching_mode=mode, has_patcher=True, patch_size=3)
+@pytest.mark.parametrize("variant", list(PATCHING_VARIANTS))
+def test_patch_lengths_from_the_checkpoint_give_the_models_own_logits(tmp_path, variant):
+    model = _checkpoint(tmp_path, variant=variant, has_patcher=True, **PATCHING_VARIANTS[variant])
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert isinstance(tok, BLTTokenizer)
     batch = tok(TEXTS, return_patch_lengths=True, return_tensors="pt", padding=True)
@@ -98,6 +97,8 @@ def test_patch_lengths_from_the_checkpoint_give_the_models_own_logits(tmp_path, 
     torch.testing.assert_close(given_lengths, self_patched, atol=0, rtol=0)
     single = tok(TEXTS[0], return_patch_lengths=True)
     assert single["patch_lengths"] == [n for n in batch["patch_lengths"][0].tolist() if n > 0]
+    listed = tok(TEXTS, return_patch_lengths=True)["patch_lengths"]  # python lists, rows of different lengths
+    assert listed == [[n for n in row if n > 0] for row in batch["patch_lengths"].tolist()]
 
 
 def test_checkpoint_holds_one_copy_of_the_entropy_model(tmp_path):
@@ -134,3 +135,17 @@ def test_tokenizer_loads_with_remote_code_where_blt_hf_is_not_importable(tmp_pat
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["module"].startswith("transformers_modules")
     assert out["ids"] == expected["input_ids"] and out["lengths"] == expected["patch_lengths"]
+
+
+def test_a_checkpoint_loaded_in_bf16_patches_like_its_fp32_tokenizer(tmp_path):
+    _checkpoint(tmp_path, variant="entropy", has_patcher=True)
+    low = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert low.model.patcher.embed_tokens.weight.dtype == torch.float32  # kept fp32 on load
+    assert low.model.local_encoder.embed_tokens.weight.dtype == torch.bfloat16
+    batch = AutoTokenizer.from_pretrained(tmp_path)(TEXTS, return_patch_lengths=True, return_tensors="pt",
+                                                    padding=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own = low(batch["input_ids"], attention_mask=batch["attention_mask"], output_patch_lengths=True)
+    width = batch["patch_lengths"].shape[1]
+    assert torch.equal(own.patch_lengths[:, :width], batch["patch_lengths"])
+    assert (own.patch_lengths[:, width:] == 0).all()

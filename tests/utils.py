@@ -109,3 +109,31 @@ def separated_threshold(entropies: torch.Tensor, quantile: float = 0.5) -> float
     lo, hi = max(0, target - values.numel() // 8), min(gaps.numel(), target + values.numel() // 8 + 1)
     best = lo + int(gaps[lo:hi].argmax())
     return float((values[best] + values[best + 1]) / 2)
+
+
+# patching variants beyond the four plain modes: name -> config overrides
+PATCHING_VARIANTS = {
+    "entropy": dict(patching_mode="entropy"),
+    "monotonic": dict(patching_mode="entropy", monotonicity=True),
+    "combined": dict(patching_mode="entropy"),  # patching_threshold_add set by calibrate_patching
+    "entropy_max2": dict(patching_mode="entropy", max_patch_length=2),
+    "static": dict(patching_mode="static", patch_size=3),
+    "space": dict(patching_mode="space"),
+    "space_max3": dict(patching_mode="space", max_patch_length=3),
+    "byte": dict(patching_mode="byte"),
+}
+
+
+def calibrate_patching(model, variant: str, rows) -> None:
+    """Set the entropy thresholds of `variant` between two of the patcher's entropies (or rises) on `rows`."""
+    with torch.no_grad():
+        entropies = [model.model.patcher(r[None]).entropies[0, 1:] for r in rows]
+    rises = torch.cat([e[1:] - e[:-1] for e in entropies])
+    entropies = torch.cat(entropies)
+    if variant == "monotonic":
+        model.config.patching_threshold = separated_threshold(rises, 0.7)
+    elif variant == "combined":
+        model.config.patching_threshold = separated_threshold(entropies, 0.3)
+        model.config.patching_threshold_add = separated_threshold(rises, 0.5)
+    else:
+        model.config.patching_threshold = separated_threshold(entropies)

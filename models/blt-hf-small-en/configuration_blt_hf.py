@@ -129,6 +129,7 @@ class _BLTLocalStackConfig(_StackConfigMixin, PreTrainedConfig):
         cross_attn_num_heads / cross_attn_num_key_value_heads: Heads of the byte/patch cross-attention
             (default: the self-attention heads, as in transformers' Blt).
         rms_norm_eps, max_position_embeddings, rope_parameters, dropout: as usual; released rope_theta is 500000.
+        initializer_range: Unused by BLT's init (std = fan_in^-0.5), kept for transformers utilities.
     """
 
     model_type = "blt_hf_local_stack"
@@ -184,6 +185,7 @@ class BLTGlobalTransformerConfig(_StackConfigMixin, PreTrainedConfig):
         max_position_embeddings: Most patches per sequence.
         rope_parameters: RoPE over the patch index; `rope_type` "default" or "llama3" (for Llama 3.x initialisation).
         rms_norm_eps, dropout: as usual.
+        initializer_range: Unused by BLT's init (std = fan_in^-0.5), kept for transformers utilities.
     """
 
     model_type = "blt_hf_global_transformer"
@@ -251,6 +253,11 @@ class BLTConfig(PreTrainedConfig):
         max_position_embeddings: Longest input in bytes; longer inputs raise `ValueError`.
         has_patcher: Build the entropy model. None: only for "entropy" mode.
         patcher_config / encoder_config / global_config / decoder_config: the four stacks (dict, config or None).
+        vocab_size: 260 ids: 4 special ids (0 BOE/pad, 1 BOS, 2 EOS, 3 BPE delimiter) and byte b as b + 4.
+        num_hidden_layers: The global transformer's layer count (derived; transformers utilities read it).
+        initializer_range: Kept for transformers compatibility; weights use the official fan-in init instead
+            (truncated normals with std = fan_in^-0.5, see `BLTPreTrainedModel._init_weights`).
+        tie_word_embeddings: Always False in BLT: the byte embedding and the byte head are separate.
         use_cache: Return a `BLTCache` for incremental generation.
         bos_token_id / eos_token_id / pad_token_id: 1, 2 and 0 (BOE) as in the released models.
     """

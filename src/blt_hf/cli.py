@@ -1,7 +1,7 @@
 """`blt-hf`: command-line tools around BLT checkpoints.
 
-    blt-hf patch "Some text" --model DIR [--plot out.png]   show the patches and per-byte entropies
-    blt-hf calibrate --target-bytes-per-patch 4.5 FILE... --model DIR [--rule global|monotonic|combined]
+    blt-hf patch "Some text" [--model DIR] [--plot out.png]   show the patches and per-byte entropies
+    blt-hf calibrate --target-bytes-per-patch 4.5 FILE... [--model DIR] [--rule global|monotonic|combined]
     blt-hf convert-llama LLAMA_DIR OUT_DIR [--patcher DIR] [--cross-attn-k 2] ...
     blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
     blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
@@ -26,6 +26,22 @@ import torch
 
 from .configuration_blt_hf import BYTE_OFFSET, BLTConfig
 from .patching import PatchingRule, compute_patch_lengths
+
+
+def default_model() -> str | None:
+    """$BLT_HF_MODEL, else the bundled default model (models/blt-hf-small-en in a source checkout), else None."""
+    from .demo import DEFAULT_MODEL
+
+    if os.environ.get("BLT_HF_MODEL"):
+        return os.environ["BLT_HF_MODEL"]
+    return str(DEFAULT_MODEL) if (DEFAULT_MODEL / "config.json").is_file() else None
+
+
+def _model_argument(value: str | None) -> str:
+    model = value or default_model()
+    if model is None:
+        raise ValueError("give a BLT checkpoint folder with --model (or set BLT_HF_MODEL)")
+    return model
 
 
 def _load(model_dir: str):
@@ -58,6 +74,8 @@ def patch_report(model, text: str) -> dict:
         "lengths": lengths,
         "entropies": None if entropies is None else entropies[0].tolist(),
         "threshold": rule.threshold if rule.needs_entropies else None,
+        "threshold_add": rule.threshold_add if rule.needs_entropies else None,
+        "monotonicity": rule.monotonicity if rule.needs_entropies else False,
         "mode": rule.mode,
     }
 
@@ -103,7 +121,13 @@ def plot_report(report: dict, path: str) -> None:
     width = max(6.0, 0.22 * len(entropies))
     fig, ax = plt.subplots(figsize=(width, 3.2))
     ax.plot(x, entropies, marker="o", markersize=3, linewidth=1, color="tab:blue", label="entropy before the byte")
-    if report["threshold"] is not None:
+    # monotonic and combined rules threshold the rise H(j-1) - H(j-2) (from byte 3 on): plot it where it is used
+    rise_threshold = report["threshold"] if report["monotonicity"] else report["threshold_add"]
+    if rise_threshold is not None:
+        ax.plot(x[1:], [b - a for a, b in zip(entropies, entropies[1:])], marker=".", markersize=3, linewidth=0.8,
+                color="tab:orange", label="entropy rise")
+        ax.axhline(rise_threshold, color="tab:orange", linestyle=":", linewidth=1, label="rise threshold")
+    if report["threshold"] is not None and not report["monotonicity"]:
         ax.axhline(report["threshold"], color="tab:red", linestyle="--", linewidth=1, label="threshold")
     for start, _ in report["patches"][1:]:
         ax.axvline(start - 0.5, color="tab:gray", linewidth=0.8, alpha=0.7)
@@ -260,18 +284,19 @@ def main(argv: list[str] | None = None) -> int:
 
     patch = commands.add_parser("patch", help="split a text into patches and show per-byte entropies")
     patch.add_argument("text")
-    patch.add_argument("--model", required=True, help="BLT checkpoint folder")
+    patch.add_argument("--model", help="BLT checkpoint folder (default: $BLT_HF_MODEL or the bundled model)")
     patch.add_argument("--plot", help="write an entropy plot (PNG)")
     patch.add_argument("--json", action="store_true", help="print the report as JSON")
 
     calibrate = commands.add_parser("calibrate", help="fit the entropy threshold to a target mean patch size")
     calibrate.add_argument("files", nargs="+")
-    calibrate.add_argument("--model", required=True, help="BLT checkpoint folder")
+    calibrate.add_argument("--model", help="BLT checkpoint folder (default: $BLT_HF_MODEL or the bundled model)")
     calibrate.add_argument("--target-bytes-per-patch", type=float, required=True)
     calibrate.add_argument("--rule", choices=["global", "monotonic", "combined"], default="global")
     calibrate.add_argument("--threshold-add", type=float, help="entropy-rise threshold of the combined rule")
     calibrate.add_argument("--max-bytes", type=int, default=2_000_000, help="sample at most this much text")
-    calibrate.add_argument("--output", help="folder for the updated config.json (default: the model folder)")
+    calibrate.add_argument("--output", help="write a whole new checkpoint folder here (default: update the config.json "
+                           "of --model in place; without --model: ./blt-hf-calibrated, never the bundled model)")
 
     convert = commands.add_parser("convert-llama", help="byte-ify a Hugging Face Llama checkpoint folder")
     convert.add_argument("source", help="Llama checkpoint folder (config.json + safetensors)")
@@ -351,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.destination}")
         return 0
     if args.command == "patch":
-        model, _ = _load(args.model)
+        model, _ = _load(_model_argument(args.model))
         report = patch_report(model, args.text)
         if args.json:
             printable = {**report, "bytes": report["bytes"].decode("utf-8", "replace")}
@@ -363,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot written to {args.plot}", file=sys.stderr)
         return 0
     if args.command == "calibrate":
-        model, _ = _load(args.model)
+        output = args.output or (None if args.model else "blt-hf-calibrated")
+        model_dir = _model_argument(args.model)
+        model, _ = _load(model_dir)
         threshold, achieved = calibrate_threshold(
             model, args.files, args.target_bytes_per_patch, args.rule, args.threshold_add, max_bytes=args.max_bytes
         )
@@ -372,11 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         config.patching_threshold = threshold
         config.monotonicity = args.rule == "monotonic"
         config.patching_threshold_add = args.threshold_add if args.rule == "combined" else None
-        if args.output:
-            _save_model_atomically(model, Path(args.output))
+        if output:
+            _save_model_atomically(model, Path(output))
         else:
-            _write_config_atomically(config, Path(args.model))
-        print(json.dumps({"rule": args.rule, "threshold": threshold, "bytes_per_patch": achieved}))
+            _write_config_atomically(config, Path(model_dir))
+        print(json.dumps({"rule": args.rule, "threshold": threshold, "bytes_per_patch": achieved,
+                          "written_to": output or model_dir}))
         return 0
     return 1
 

@@ -205,12 +205,15 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
 
 def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None, documents=None,
                          document_positions=None):
-    """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies)."""
+    """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies).
+
+    The entropy model runs outside autocast (in its own dtype, fp32 in checkpoints loaded at any dtype), so patch
+    boundaries do not depend on the precision the rest of the model runs at."""
     entropies = None
     if rule.needs_entropies:
         if patcher is None:
             raise ValueError("entropy patching needs the entropy model, but no patcher is available")
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
             logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
             entropies = entropy_from_logits(logits)
     starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions)

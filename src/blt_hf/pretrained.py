@@ -21,6 +21,9 @@ class BLTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = False
     _can_compile_fullgraph = False  # data-dependent patching
+    # patch boundaries are thresholded entropies: the entropy model stays fp32 when a checkpoint loads in bf16/fp16,
+    # so they match the tokenizer's (fp32) patch lengths and do not move with the precision of the other stacks
+    _keep_in_fp32_modules_strict = ["patcher"]
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -217,11 +217,17 @@ class BLTTokenizer(PreTrainedTokenizer):
             encoding["patch_lengths"] = self.patch_lengths(ids, mask).to(ids.device)
             return encoding
         batched = len(ids) > 0 and isinstance(ids[0], (list, tuple))
-        rows, masks = (ids, mask) if batched else ([ids], [mask] if mask is not None else None)
-        lengths = [
-            [n for n in self.patch_lengths(row, None if masks is None else masks[i])[0].tolist() if n > 0]
-            for i, row in enumerate(rows)
-        ]
+        rows = ids if batched else [ids]
+        masks = (mask if batched else [mask]) if mask is not None else [[1] * len(row) for row in rows]
+        # one batched patcher pass over the rows, left-padded to a common width (padding is never read)
+        width = max((len(row) for row in rows), default=0)
+        padded = torch.full((len(rows), width), BOE_ID, dtype=torch.long)
+        padded_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (row, row_mask) in enumerate(zip(rows, masks, strict=True)):
+            if row:
+                padded[i, width - len(row) :] = torch.tensor(row)
+                padded_mask[i, width - len(row) :] = torch.tensor(row_mask)
+        lengths = [[n for n in row if n > 0] for row in self.patch_lengths(padded, padded_mask).tolist()]
         encoding["patch_lengths"] = lengths if batched else lengths[0]
         return encoding
 
