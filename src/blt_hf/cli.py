@@ -124,8 +124,8 @@ def plot_report(report: dict, path: str) -> None:
     # monotonic and combined rules threshold the rise H(j-1) - H(j-2) (from byte 3 on): plot it where it is used
     rise_threshold = report["threshold"] if report["monotonicity"] else report["threshold_add"]
     if rise_threshold is not None:
-        ax.plot(x[1:], [b - a for a, b in zip(entropies, entropies[1:])], marker=".", markersize=3, linewidth=0.8,
-                color="tab:orange", label="entropy rise")
+        rises = [b - a for a, b in zip(entropies[:-1], entropies[1:], strict=True)]
+        ax.plot(x[1:], rises, marker=".", markersize=3, linewidth=0.8, color="tab:orange", label="entropy rise")
         ax.axhline(rise_threshold, color="tab:orange", linestyle=":", linewidth=1, label="rise threshold")
     if report["threshold"] is not None and not report["monotonicity"]:
         ax.axhline(report["threshold"], color="tab:red", linestyle="--", linewidth=1, label="threshold")
