@@ -97,3 +97,20 @@ def test_patch_plot_draws_the_threshold_of_each_rule(checkpoint, tmp_path, rule)
     assert pixels.shape[0] > 300 and pixels.shape[1] > 900
     orange = ((pixels[..., 0] > 0.9) & (pixels[..., 1] > 0.4) & (pixels[..., 1] < 0.6) & (pixels[..., 2] < 0.2)).sum()
     assert (orange > 100) == (rule != "global")  # the entropy rise is drawn exactly when the rule uses it
+
+
+def test_convert_transformers_command_gives_the_logits_of_transformers_blt(tmp_path, capsys):
+    from blt_hf import BLTForCausalLM
+    from tests.utils import random_ids, tiny_hf_config, tiny_hf_model
+
+    reference = tiny_hf_model(tiny_hf_config(threshold=1e9), seed=3)  # one patch: no entropy tie can differ
+    reference.save_pretrained(tmp_path / "hf")
+    assert main(["convert-transformers", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ids = random_ids(90, seed=3)
+    with torch.no_grad():
+        expected = reference(ids).logits
+        got = BLTForCausalLM.from_pretrained(tmp_path / "ours")(ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="not empty|exists"):
+        main(["convert-transformers", str(tmp_path / "hf"), str(tmp_path / "ours")])

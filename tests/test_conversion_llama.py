@@ -1,16 +1,17 @@
 """Byte-ifying a Llama: the converted global transformer computes exactly what Llama's decoder layers compute."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from blt_hf import BLTForCausalLM
+from blt_hf import BLTConfig, BLTForCausalLM, BLTPatcher, BLTPatcherConfig
 from blt_hf.cache import PatchKVCache
 from blt_hf.conversion_llama import convert_llama, halves_to_pairs, pairs_to_halves
 from blt_hf.masks import PatchAttentionPlan
-from tests.utils import perturb_norms, random_ids
+from tests.utils import perturb_norms, random_ids, tiny_model
 
 LLAMAS = {
     "gqa": dict(num_attention_heads=4, num_key_value_heads=2),
@@ -91,17 +92,40 @@ def test_projection_is_added_when_patch_vectors_do_not_match_the_llama_width(tmp
     assert model.model.global_transformer.token_embedding_projection.weight.shape == (64, 96)
 
 
-def test_entropy_model_is_copied_from_a_blt_folder(tmp_path):
-    from tests.utils import tiny_model
-
+def save_donor(folder, kind):
+    """A folder to copy the entropy model from: a standalone `BLTPatcher` or a whole BLT. Returns its patcher."""
+    if kind == "standalone_patcher":
+        torch.manual_seed(5)
+        config = BLTPatcherConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=48, sliding_window=20)
+        patcher = perturb_norms(BLTPatcher(config), seed=5).eval()
+        patcher.save_pretrained(folder)
+        return patcher
     donor = tiny_model(seed=4, patching_threshold=5.0)
-    donor.save_pretrained(tmp_path / "donor")
+    donor.save_pretrained(folder)
+    return donor.model.patcher
+
+
+@pytest.mark.parametrize("kind", ["standalone_patcher", "blt_folder"])
+def test_command_line_copies_the_entropy_model_exactly(tmp_path, kind):
+    from blt_hf.cli import main
+
+    source_patcher = save_donor(tmp_path / "donor", kind)
     tiny_llama("gqa").save_pretrained(tmp_path / "llama")
-    model = convert_llama(tmp_path / "llama", tmp_path / "blt", patcher=tmp_path / "donor", local_heads=2,
-                          hash_vocab=97)
-    for name, tensor in donor.model.patcher.state_dict().items():
-        assert torch.equal(model.model.patcher.state_dict()[name], tensor), name
-    assert model.config.patching_threshold == 5.0
+    assert main(["convert-llama", str(tmp_path / "llama"), str(tmp_path / "blt"), "--patcher", str(tmp_path / "donor"),
+                 "--local-heads", "2", "--hash-vocab", "97", "--decoder-layers", "1"]) == 0
+    blt = BLTForCausalLM.from_pretrained(tmp_path / "blt").eval()
+    copied = blt.model.patcher.state_dict()
+    assert copied.keys() == source_patcher.state_dict().keys()
+    for name, tensor in source_patcher.state_dict().items():
+        assert torch.equal(copied[name], tensor), name
+    for field in ("num_hidden_layers", "num_key_value_heads", "intermediate_size", "sliding_window"):
+        assert getattr(blt.config.patcher_config, field) == getattr(source_patcher.config, field), field
+    ids = random_ids(60, seed=5)
+    with torch.no_grad():
+        assert torch.equal(blt.model.patcher(ids).entropies, source_patcher(ids).entropies)
+    # a BLT source also hands over its patching settings
+    assert blt.config.patching_threshold == (5.0 if kind == "blt_folder" else BLTConfig().patching_threshold)
 
 
 def test_wrong_inputs_fail_clearly_and_leave_nothing(tmp_path):
@@ -119,9 +143,33 @@ def test_wrong_inputs_fail_clearly_and_leave_nothing(tmp_path):
     config["intermediate_size"] = 128
     (tmp_path / "lying" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="shapes that disagree with the config"):
-        convert_llama(tmp_path / "lying", tmp_path / "out", local_heads=2, hash_vocab=97)
+        convert_llama(tmp_path / "lying", tmp_path / "out", local_heads=2, hash_vocab=97, patching_mode="space",
+                      has_patcher=False)  # no default-size entropy model to initialise
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination(tmp_path, monkeypatch):
+    from blt_hf import BLTTokenizer
+
+    tiny_llama("gqa").save_pretrained(tmp_path / "llama")
+    options = dict(local_heads=2, hash_vocab=97, patching_mode="space", has_patcher=False)
+
+    def fail_after_the_weights(self, folder, *args, **kwargs):
+        assert (Path(folder) / "model.safetensors").is_file()  # the model is already written: fail midway
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BLTTokenizer, "save_pretrained", fail_after_the_weights)
+        with pytest.raises(OSError, match="disk full"):
+            convert_llama(tmp_path / "llama", tmp_path / "out", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "previous.txt").write_text("an earlier conversion")
+    with pytest.raises(ValueError, match="exists and is not an empty folder"):
+        convert_llama(tmp_path / "llama", tmp_path / "out", **options)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "out"]
 
 
 def test_command_line_converts_a_llama_folder(tmp_path):

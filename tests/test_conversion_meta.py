@@ -2,15 +2,18 @@
 give the logits of the same weights loaded through transformers' Blt; real 1B / 7B shapes on the meta device."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers.models.blt.modeling_blt import BltPatcher as TransformersBltPatcher
 
 from blt_hf import BLTConfig, BLTForCausalLM, BLTPatcher
 from blt_hf.checkpoints import check_tensors, map_keys
 from blt_hf.conversion_meta import (
     BLT_KEY_TABLE,
+    ENTROPY_KEY_TABLE,
     config_from_meta,
     convert_meta,
     convert_meta_entropy_model,
@@ -145,6 +148,85 @@ def test_hub_mixin_layout_converts_to_the_logits_of_transformers_blt(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
+def test_consolidated_entropy_model_converts_to_the_entropies_of_transformers_blt_patcher(tmp_path):
+    hf, (model_args, entropy_args) = tiny_official_pair(consolidated=True)
+    assert isinstance(hf.model.patcher, TransformersBltPatcher)
+    blt_state, entropy_state = official_checkpoint(hf)
+    write_consolidated(tmp_path / "blt", model_args, entropy_args, blt_state, entropy_state, 1.0)
+    convert_meta_entropy_model(tmp_path / "blt" / "entropy_model", tmp_path / "patcher")
+    patcher = BLTPatcher.from_pretrained(tmp_path / "patcher").eval()
+    # what the official loader builds, whatever params.json says: FFN rounded to 256, 512-byte window, theta 10000
+    assert patcher.config.intermediate_size == 256 and patcher.config.sliding_window == 512
+    assert patcher.config.rope_parameters["rope_theta"] == 10000.0
+    for name, tensor in hf.model.patcher.state_dict().items():
+        assert torch.equal(patcher.state_dict()[name], tensor), name
+    ids = random_ids(700, seed=10)  # longer than the window
+    with torch.no_grad():
+        torch.testing.assert_close(patcher(ids).entropies, hf.model.patcher(ids, patch_size=4, threshold=1.0)[0],
+                                   atol=1e-5, rtol=0)
+
+
+def write_marker(path):
+    """What a malicious pickle would run on loading: here, only a file written as evidence."""
+    Path(path).write_text("code ran while unpickling")
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return write_marker, (self.marker,)
+
+
+@pytest.mark.parametrize("poisoned", ["blt", "entropy_model"])
+def test_consolidated_pth_holding_a_pickled_object_is_refused_without_running_it(tmp_path, poisoned):
+    control = tmp_path / "control.pth"
+    torch.save({"model": {"payload": RunsCodeWhenUnpickled(tmp_path / "control_marker")}}, control)
+    torch.load(control, weights_only=False)  # the payload is live: free unpickling runs it
+    assert (tmp_path / "control_marker").is_file()
+
+    hf, (model_args, entropy_args) = tiny_official_pair()
+    blt_state, entropy_state = official_checkpoint(hf)
+    marker = tmp_path / "marker"
+    write_consolidated(tmp_path / "blt", model_args, entropy_args, blt_state, entropy_state, 1.0)
+    poisoned_file = tmp_path / "blt" / ("consolidated.pth" if poisoned == "blt" else "entropy_model/consolidated.pth")
+    state = blt_state if poisoned == "blt" else entropy_state
+    torch.save({"model": dict(state, payload=RunsCodeWhenUnpickled(marker))}, poisoned_file)
+    with pytest.raises(ValueError, match=r"consolidated\.pth holds pickled objects other than tensors.*refusing"):
+        convert_meta(tmp_path / "blt", tmp_path / "out")
+    if poisoned == "entropy_model":
+        with pytest.raises(ValueError, match="refusing to load it"):
+            convert_meta_entropy_model(tmp_path / "blt" / "entropy_model", tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination(tmp_path, monkeypatch):
+    from blt_hf import BLTTokenizer
+
+    hf, (model_args, entropy_args) = tiny_official_pair()
+    write_consolidated(tmp_path / "blt", model_args, entropy_args, *official_checkpoint(hf), 1.0)
+
+    def fail_after_the_weights(self, folder, *args, **kwargs):
+        assert (Path(folder) / "model.safetensors").is_file()  # the model is already written: fail midway
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BLTTokenizer, "save_pretrained", fail_after_the_weights)
+        with pytest.raises(OSError, match="disk full"):
+            convert_meta(tmp_path / "blt", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blt"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "previous.txt").write_text("an earlier conversion")
+    for convert_folder in (lambda: convert_meta(tmp_path / "blt", tmp_path / "out"),
+                           lambda: convert_meta_entropy_model(tmp_path / "blt" / "entropy_model", tmp_path / "out")):
+        with pytest.raises(ValueError, match="exists and is not an empty folder"):
+            convert_folder()
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blt", "out"]
+
+
 def test_unknown_and_missing_tensors_and_unsupported_options_are_listed(tmp_path):
     hf, (model_args, entropy_args) = tiny_official_pair()
     blt_state, entropy_state = official_checkpoint(hf)
@@ -211,6 +293,22 @@ def official_meta_state(encoder, global_, decoder, k, local_ffn, global_ffn, has
     return state
 
 
+def official_entropy_meta_state(dim=768, layers=14, ffn=2048):
+    """The released entropy model's official names and shapes (reference docs: 768-d, 14 layers, FFN 2048)."""
+    meta = torch.device("meta")
+    state = {"tok_embeddings.weight": torch.empty(260, dim, device=meta), "norm.weight": torch.empty(dim, device=meta),
+             "output.weight": torch.empty(260, dim, device=meta)}
+    for i in range(layers):
+        for w in ("wq", "wk", "wv", "wo"):
+            state[f"layers.{i}.attention.{w}.weight"] = torch.empty(dim, dim, device=meta)
+        state[f"layers.{i}.feed_forward.w1.weight"] = torch.empty(ffn, dim, device=meta)
+        state[f"layers.{i}.feed_forward.w3.weight"] = torch.empty(ffn, dim, device=meta)
+        state[f"layers.{i}.feed_forward.w2.weight"] = torch.empty(dim, ffn, device=meta)
+        state[f"layers.{i}.attention_norm.weight"] = torch.empty(dim, device=meta)
+        state[f"layers.{i}.ffn_norm.weight"] = torch.empty(dim, device=meta)
+    return state
+
+
 @pytest.mark.parametrize("release", sorted(RELEASED))
 def test_real_release_shapes_map_onto_the_derived_config_on_the_meta_device(release):
     encoder, global_, decoder, cross_heads, k, local_ffn, global_ffn = RELEASED[release]
@@ -234,14 +332,19 @@ def test_real_release_shapes_map_onto_the_derived_config_on_the_meta_device(rele
         map_keys(official_meta_state(encoder, global_, decoder, k, local_ffn, global_ffn), BLT_KEY_TABLE, release),
         config.num_hash_embeddings, config.encoder_config.hidden_size,
     )
+    state.update(map_keys(official_entropy_meta_state(), ENTROPY_KEY_TABLE, "entropy model"))
     with torch.device("meta"):
         model = BLTForCausalLM(config)
-    expected = {n: t for n, t in model.state_dict().items() if not n.startswith("model.patcher.")}
-    check_tensors(state, expected, release)
+    check_tensors(state, model.state_dict(), release)
     assert isinstance(config, BLTConfig) and config.needs_global_projection == (release == "blt-7b")
+    # counts on the meta device stated in the reference docs (transformers-blt.md), entropy model included
     total = sum(t.numel() for t in model.state_dict().values())
+    patcher = sum(t.numel() for n, t in model.state_dict().items() if n.startswith("model.patcher."))
+    assert round(patcher / 1e6, 1) == 99.5
     if release == "blt-1b":
-        assert total == 4_633_391_872  # transformers' 1B shape, counted on the meta device (reference docs)
+        assert total == 4_633_391_872
+    else:
+        assert round(total / 1e9, 2) == 10.65
 
 
 def test_command_line_converts_a_consolidated_folder(tmp_path):

@@ -3,24 +3,28 @@
 * Weights are read with safetensors, or with `torch.load(weights_only=True)`; nothing is ever unpickled freely.
 * A key table maps source names to blt_hf names. `{}` stands for a layer index; a target of None means "known and
   dropped on purpose". A source key no table entry matches, or a target left unfilled, is an error listing them.
-* Outputs are written to a temporary folder beside the destination and renamed into place at the end.
+* Outputs are written to a temporary folder beside the destination and renamed into place at the end; an existing
+  non-empty destination is refused, never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 
-def load_state_dict(folder: str | Path, stem: str = "model") -> dict[str, torch.Tensor]:
-    """All tensors of `<stem>.safetensors` (single or sharded), or of `consolidated.pth` / `<stem>.bin`."""
+def load_state_dict(folder: str | Path, stem: str = "model", allow_torch_files: bool = True) -> dict[str, torch.Tensor]:
+    """All tensors of `<stem>.safetensors` (single or sharded), or of `consolidated.pth` / `<stem>.bin` unless
+    `allow_torch_files` is False. Torch files are read with `weights_only=True`: any other pickled object is refused."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -41,14 +45,30 @@ def load_state_dict(folder: str | Path, stem: str = "model") -> dict[str, torch.
     single = folder / f"{stem}.safetensors"
     if single.is_file():
         return load_file(single)
+    if not allow_torch_files:
+        raise ValueError(
+            f"{folder} has no .safetensors weights ({stem}.safetensors or its index; other formats are not read, "
+            "for safety)"
+        )
     for name in ("consolidated.pth", f"{stem}.bin", "pytorch_model.bin"):
         path = folder / name
         if path.is_file():
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = _load_torch_file(path)
             if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
                 loaded = loaded["model"]
             return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     raise ValueError(f"{folder} has no weights ({stem}.safetensors, its index, consolidated.pth or {stem}.bin)")
+
+
+def _load_torch_file(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), "")
+        raise ValueError(
+            f"{path} holds pickled objects other than tensors and plain containers; refusing to load it "
+            f"(nothing is ever unpickled freely). {reason}"
+        ) from error
 
 
 def _template(key: str) -> tuple[str, list[str]]:
@@ -92,11 +112,29 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
         raise ValueError(f"{source}: " + "; ".join(problems))
 
 
-def write_folder_atomically(destination: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(folder)` on a fresh temporary folder beside `destination`, then rename it into place."""
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Build modules in `dtype` (floating dtypes only; None or an integer dtype keeps the current default)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype is not None and dtype.is_floating_point else previous)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def check_destination(destination: str | Path) -> None:
+    """An output folder must not exist yet, or be empty: converters never overwrite a previous result."""
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} exists and is not an empty folder")
+
+
+def write_folder_atomically(destination: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(folder)` on a fresh temporary folder beside `destination`, then rename it into place; on any
+    failure the temporary folder is removed and `destination` is left as it was."""
+    destination = Path(destination)
+    check_destination(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:

@@ -4,6 +4,7 @@
     blt-hf calibrate --target-bytes-per-patch 4.5 FILE... [--model DIR] [--rule global|monotonic|combined]
     blt-hf convert-llama LLAMA_DIR OUT_DIR [--patcher DIR] [--cross-attn-k 2] ...
     blt-hf convert-meta BLT_DIR OUT_DIR [--entropy-model DIR] | ENTROPY_DIR OUT_DIR --entropy-only
+    blt-hf convert-transformers BLT_DIR OUT_DIR [--to-transformers]   transformers' Blt <-> blt_hf folders
     blt-hf train-entropy --train FILE... --eval FILE... --output DIR [--preset small] [--steps N] ...
     blt-hf train --train FILE... --eval FILE... --output DIR [--preset small] [--patcher DIR] ...
     blt-hf train-byte-llama --train FILE... --eval FILE... --output DIR [--preset small]   (the byte Llama baseline)
@@ -318,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     meta.add_argument("--entropy-model", help="entropy-model folder (default: SOURCE/entropy_model when present)")
     meta.add_argument("--entropy-only", action="store_true", help="SOURCE is an entropy model: write a BLTPatcher")
 
+    hf_blt = commands.add_parser("convert-transformers", help="convert transformers' Blt folders to blt_hf and back")
+    hf_blt.add_argument("source", help="transformers Blt folder (or a blt_hf folder with --to-transformers)")
+    hf_blt.add_argument("destination", help="new folder (must not exist or be empty)")
+    hf_blt.add_argument("--to-transformers", action="store_true", help="convert a blt_hf folder to transformers' Blt")
+
     bpb = commands.add_parser("eval-bpb", help="held-out bits per byte (and realised FLOPs per byte) of text files")
     bpb.add_argument("files", nargs="+")
     bpb.add_argument("--model", required=True, help="BLT checkpoint folder")
@@ -361,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             convert_meta_entropy_model(args.source, args.destination)
         else:
             convert_meta(args.source, args.destination, entropy_model=args.entropy_model)
+        print(f"wrote {args.destination}")
+        return 0
+    if args.command == "convert-transformers":
+        from .conversion_transformers import convert_from_transformers, convert_to_transformers
+
+        convert = convert_to_transformers if args.to_transformers else convert_from_transformers
+        convert(args.source, args.destination)
         print(f"wrote {args.destination}")
         return 0
     if args.command == "convert-llama":

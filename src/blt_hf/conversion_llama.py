@@ -18,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import check_tensors, load_state_dict, map_keys, write_folder_atomically
+from .checkpoints import (
+    check_destination,
+    check_tensors,
+    default_dtype,
+    load_state_dict,
+    map_keys,
+    read_json,
+    write_folder_atomically,
+)
 from .configuration_blt_hf import BLTConfig
 
 LLAMA_LAYER_WEIGHTS = (
@@ -127,7 +135,7 @@ def blt_config_for_llama(
 
 def _load_patcher_source(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(patcher sub-config, patcher weights without prefix, patching settings) from a BLT or a patcher folder."""
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     state = load_state_dict(folder)
     if config.get("model_type") == "blt_hf":
         prefix = "model.patcher."
@@ -138,7 +146,8 @@ def _load_patcher_source(folder: Path) -> tuple[dict, dict[str, torch.Tensor], d
                                            "monotonicity", "max_patch_length") if k in config}
         return config["patcher_config"], weights, settings
     if config.get("model_type") == "blt_hf_patcher":
-        return config, state, {}
+        standalone_only = ("architectures", "auto_map", "transformers_version")  # describe the folder, not the stack
+        return {k: v for k, v in config.items() if k not in standalone_only}, state, {}
     raise ValueError(f"{folder} holds neither a blt_hf BLT nor a blt_hf entropy model")
 
 
@@ -157,6 +166,7 @@ def convert_llama(
     from .tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
+    check_destination(destination)
     if not (source / "config.json").is_file():
         raise ValueError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
     model_type = json.loads((source / "config.json").read_text()).get("model_type")
@@ -175,12 +185,8 @@ def convert_llama(
     config = blt_config_for_llama(llama_config, **options)
 
     torch.manual_seed(seed)
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous_dtype)  # build in the target dtype: no fp32 copy of a big model
-    try:
+    with default_dtype(dtype):  # build in the target dtype: no fp32 copy of a big model
         model = BLTForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous_dtype)
     expected = {
         f"model.global_transformer.{name}": tensor
         for name, tensor in model.model.global_transformer.state_dict().items()

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import check_tensors, load_state_dict, map_keys, read_json, write_folder_atomically
+from .checkpoints import (
+    check_destination,
+    check_tensors,
+    default_dtype,
+    load_state_dict,
+    map_keys,
+    read_json,
+    write_folder_atomically,
+)
 from .configuration_blt_hf import BLTConfig
 
 # official block / cross-attention parameter names -> blt_hf (= transformers' Blt) names
@@ -265,6 +273,7 @@ def convert_meta(source: str | Path, destination: str | Path, entropy_model: str
     from .tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
+    check_destination(destination)
     args, patcher_args, blt_state = read_blt(source)
     if entropy_model is None and (source / "entropy_model").is_dir():
         entropy_model = source / "entropy_model"
@@ -276,13 +285,8 @@ def convert_meta(source: str | Path, destination: str | Path, entropy_model: str
     with torch.device("meta"):
         skeleton = BLTForCausalLM(config)
     check_tensors(state, skeleton.state_dict(), f"{source}")
-    dtype = next(iter(state.values())).dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
-    try:
+    with default_dtype(next(iter(state.values())).dtype):
         model = BLTForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
     model.load_state_dict(state)
 
     def write(folder: Path) -> None:
@@ -298,6 +302,7 @@ def convert_meta_entropy_model(source: str | Path, destination: str | Path):
     from .configuration_blt_hf import BLTPatcherConfig
     from .patcher import BLTPatcher
 
+    check_destination(destination)
     patcher_config, official = read_entropy_model(source)
     prefix = "model.patcher."
     state = {k[len(prefix) :]: v for k, v in map_keys(official, ENTROPY_KEY_TABLE, f"{source}").items()}

@@ -3,12 +3,25 @@
 Parameter names are shared, so weights map one-to-one; only the configs differ. transformers' Blt behaviour is
 kept exactly: it patches by global entropy threshold only (any other mode, or no patcher, means one byte per
 patch) and, with cross-attention after every encoder layer, re-pools the patch queries before each one.
+
+Folders convert with `convert_from_transformers` / `convert_to_transformers`: weights are read with safetensors only,
+every tensor of the folder must match the converted model exactly, and the output is written atomically.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from .checkpoints import (
+    check_destination,
+    check_tensors,
+    default_dtype,
+    load_state_dict,
+    read_json,
+    write_folder_atomically,
+)
 from .configuration_blt_hf import BLTConfig
 from .modeling_blt_hf import BLTForCausalLM
 
@@ -125,12 +138,9 @@ def config_to_transformers(config: BLTConfig):
 
 
 def _load_exactly(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    result = model.load_state_dict(state_dict, strict=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{source} weights do not match the converted config: missing {sorted(result.missing_keys)}, "
-            f"unexpected {sorted(result.unexpected_keys)}"
-        )
+    """Load `state_dict`; ValueError listing missing, unexpected and mis-shaped tensors before anything is copied."""
+    check_tensors(state_dict, model.state_dict(), f"{source} weights do not match the converted config")
+    model.load_state_dict(state_dict, strict=True)
 
 
 def from_transformers(hf_model) -> BLTForCausalLM:
@@ -148,3 +158,52 @@ def to_transformers(model: BLTForCausalLM):
     hf_model = BltForCausalLM(config_to_transformers(model.config)).to(dtype=next(model.parameters()).dtype)
     _load_exactly(hf_model, model.state_dict(), "blt_hf")
     return hf_model.eval() if not model.training else hf_model
+
+
+def _read_weights(folder: Path, model_type: str) -> dict[str, torch.Tensor]:
+    """The safetensors weights of a checkpoint folder whose config.json must say `model_type`."""
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json: not a transformers checkpoint folder")
+    found = read_json(folder / "config.json").get("model_type")
+    if found != model_type:
+        raise ValueError(f"{folder} holds a {found!r} checkpoint; expected model_type {model_type!r}")
+    return load_state_dict(folder, allow_torch_files=False)
+
+
+def _floating_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    return next((t.dtype for t in state.values() if t.dtype.is_floating_point), None)
+
+
+def convert_from_transformers(source: str | Path, destination: str | Path) -> BLTForCausalLM:
+    """Convert a transformers Blt folder (model_type "blt") into a blt_hf folder, written atomically."""
+    from transformers import BltConfig
+
+    from .tokenization_blt_hf import BLTTokenizer
+
+    source = Path(source)
+    check_destination(destination)
+    state = _read_weights(source, "blt")
+    with default_dtype(_floating_dtype(state)):
+        model = BLTForCausalLM(config_from_transformers(BltConfig.from_pretrained(source)))
+    _load_exactly(model, state, f"{source}")
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        BLTTokenizer().save_pretrained(folder)
+
+    write_folder_atomically(destination, write)
+    return model.eval()
+
+
+def convert_to_transformers(source: str | Path, destination: str | Path):
+    """Convert a blt_hf folder into a transformers Blt folder (model_type "blt"), written atomically."""
+    from transformers import BltForCausalLM
+
+    source = Path(source)
+    check_destination(destination)
+    state = _read_weights(source, "blt_hf")
+    with default_dtype(_floating_dtype(state)):
+        hf_model = BltForCausalLM(config_to_transformers(BLTConfig.from_pretrained(source)))
+    _load_exactly(hf_model, state, f"{source}")
+    write_folder_atomically(destination, hf_model.save_pretrained)
+    return hf_model.eval()
