@@ -1,6 +1,8 @@
-"""`make bench`: run every eval/bench_*.py, collect the JSON line each prints last, and print one table.
+"""`make bench`: run every eval/bench_*.py, keep each one's output as a log, collect the JSON line each prints
+last, and print one table.
 
-    python eval/run_benchmarks.py [--only train,generate] [--out eval/results/benchmarks.json]
+    python eval/run_benchmarks.py [--only train,generate] [--out eval/results/benchmarks.json] [--folder eval]
+                                  [--logs eval/results]      # eval/results/bench_NAME.log, one per benchmark
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated benchmark names (the part after bench_)")
     parser.add_argument("--out", default=str(HERE / "results" / "benchmarks.json"))
+    parser.add_argument("--folder", default=str(HERE), help="where the bench_*.py scripts are")
+    parser.add_argument("--logs", default=str(HERE / "results"), help="folder for each benchmark's full output")
     args = parser.parse_args()
-    scripts = sorted(HERE.glob("bench_*.py"))
+    scripts = sorted(Path(args.folder).glob("bench_*.py"))
     if args.only:
         wanted = set(args.only.split(","))
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
@@ -35,11 +39,17 @@ def main():
     for script in scripts:
         print(f"== {script.name}", flush=True)
         result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
-        if result.returncode != 0:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+        (Path(args.logs) / f"{script.stem}.log").write_text(result.stdout)
+        lines = result.stdout.strip().splitlines()
+        if result.returncode != 0 or not lines:
             print(result.stderr[-2000:])
-            collected[script.stem] = {"error": result.returncode}
+            collected[script.stem] = {"error": result.returncode or "no output"}
             continue
-        collected[script.stem] = json.loads(result.stdout.strip().splitlines()[-1])
+        try:
+            collected[script.stem] = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            collected[script.stem] = {"error": "last line is not JSON"}
     rows = []
     for name, result in collected.items():
         flat = {}
