@@ -62,12 +62,13 @@ def main():
             continue
         model = harness_model(name, folder)
         scores = simple_evaluate(model=model, tasks=TASKS, limit=args.limit,
-                                 task_manager=TaskManager(include_path=str(REPO / "eval" / "tasks")))["results"]
+                                 task_manager=TaskManager(include_path=str(REPO / "eval" / "tasks"),
+                                                          include_defaults=False))["results"]
         results["tasks"][name] = {task: {k.split(",")[0]: v for k, v in scores[task].items()
                                          if isinstance(v, float) and "stderr" not in k} for task in TASKS}
         if name in ("blt-entropy", "byte-llama"):
-            noisy = simple_evaluate(model=model, tasks=suite,
-                                    task_manager=TaskManager(include_path=str(RUN / "robustness_tasks")))
+            tasks = TaskManager(include_path=str(RUN / "robustness_tasks"), include_defaults=False)
+            noisy = simple_evaluate(model=model, tasks=suite, task_manager=tasks)
             results["robustness"][name] = markdown_report(noisy["results"])
         print(name, json.dumps(results["tasks"][name]), flush=True)
 

@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     robust.add_argument("--hellaswag", default="data/tasks/hellaswag.jsonl", help="from eval/prepare_tasks.py")
     robust.add_argument("--limit", type=int, default=200, help="HellaSwag documents (and character prompts, <= 100)")
     robust.add_argument("--batch-size", type=int, default=8)
+    robust.add_argument("--words-file", help="word list for the character tasks, one word per line (e.g. "
+                        "/usr/share/dict/words from Debian's wamerican); default: words of the HellaSwag text")
+    robust.add_argument("--results-json", help="also write every task's lm-eval metrics here")
 
     hub = commands.add_parser("push", help="upload a complete BLT folder to the Hugging Face Hub")
     hub.add_argument("folder")
@@ -354,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "robustness":
         from .robustness import run_suite
 
-        print(run_suite(args.model, args.output, args.hellaswag, args.limit, args.batch_size))
+        print(run_suite(args.model, args.output, args.hellaswag, args.limit, args.batch_size,
+                        words_file=args.words_file, results_json=args.results_json))
         return 0
     if args.command == "eval-bpb":
         print(json.dumps(evaluate_bits_per_byte(args.model, args.files, args.row_length, args.batch_size,

@@ -8,9 +8,12 @@ The entropy model is reported separately: the paper treats it as preprocessing a
   appendix): global transformer per patch / n_p, local encoder and decoder per byte with windowed contexts,
   cross-attention terms, a 256-way byte head.
 * `flops_for_sequence(config, num_bytes, patch_lengths)`: exact matmul counts of blt_hf's computation for one
-  sequence with the given patches (GQA, actual FFN widths, windows, causal contexts, the k patch slots), split by
-  stack. `realised_flops(config, patch_lengths_batch)` sums it over a batch of real patches, e.g. those an
-  evaluation or a generation produced (`model(..., output_patch_lengths=True).patch_lengths`).
+  sequence with the given patches (GQA, actual FFN widths, windows, causal contexts, the k patch slots; an open
+  last patch is not run), split by stack. With `decoder_config.patch_local_attention` the decoder's attention
+  contexts are counted as for the plain windowed decoder, an upper bound.
+  `realised_flops(config, patch_lengths_batch)` sums it over a batch of
+  real patches, e.g. those an evaluation or a generation produced
+  (`model(..., output_patch_lengths=True).patch_lengths`).
 * `llama_flops_per_token(global_config, context, vocab)`: a Llama with the same transformer layers run on every
   token (bytes for a byte-level Llama).
 """
@@ -18,6 +21,7 @@ The entropy model is reported separately: the paper treats it as preprocessing a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 
 import torch
 
@@ -117,18 +121,15 @@ def _contexts(count: int, window: int | None) -> int:
 
 def flops_for_sequence(config, num_bytes: int, patch_lengths) -> FlopsBreakdown:
     """Exact forward FLOPs of blt_hf on one sequence of `num_bytes` bytes with these patches (official convention:
-    lengths sum to num_bytes + 1; a trailing length-1 patch that is only the virtual next position is not run)."""
+    lengths sum to num_bytes + 1, the last patch holding the virtual next position).
+
+    Only patches that close inside the sequence (the position after their last byte starts a new patch) are pooled,
+    run through the global transformer and read by the decoder: a last patch holding real bytes and the virtual
+    position is still open (its next byte is unknown), and no byte needs it yet, so it costs nothing there."""
     lengths = [int(n) for n in patch_lengths if int(n) > 0]
     if sum(lengths) not in (num_bytes, num_bytes + 1):
         raise ValueError(f"patch lengths sum to {sum(lengths)}, expected {num_bytes} or {num_bytes + 1}")
-    real = []  # bytes of each patch that holds real bytes
-    position = 0
-    for n in lengths:
-        inside = max(0, min(n, num_bytes - position))
-        if inside:
-            real.append(inside)
-        position += n
-    patches = len(real)
+    patches = sum(end <= num_bytes for end in accumulate(lengths))  # closed patches
     k = config.cross_attn_k
     enc, glob, dec, pat = config.encoder_config, config.global_config, config.decoder_config, config.patcher_config
     out = FlopsBreakdown()

@@ -10,7 +10,8 @@ Each is applied to the HellaSwag prompt, the completions, or both; the paper ave
 
 Character tasks (generated from real words, with three worked examples in every prompt, scored by exact match):
 spelling, spelling_inverse, contains_char, insert_char, delete_char, substitute_char, orthography (the candidate
-closest in spelling to a word).
+closest in spelling to a word). The words are the most frequent ones of the HellaSwag text, or a seeded sample of a
+word list (`words_file`: one word per line, e.g. /usr/share/dict/words from Debian's `wamerican`).
 
     blt-hf robustness --model DIR --output report.md [--limit 200]     # needs eval/prepare_tasks.py's data
 """
@@ -78,6 +79,18 @@ def words_from(texts, count: int = 400, min_length: int = 3, max_length: int = 1
     return [w for w, _ in sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:count]]
 
 
+def words_from_file(path: str | Path, count: int = 400, min_length: int = 3, max_length: int = 10,
+                    seed: int = 0) -> list[str]:
+    """A seeded sample of `count` words of a word list (one word per line), sorted; only lower-case alphabetic
+    words (no proper nouns, possessives or accents), each once."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    words = sorted({w for w in (line.strip() for line in lines)
+                    if re.fullmatch(r"[a-z]+", w) and min_length <= len(w) <= max_length})
+    if len(words) <= count:
+        return words
+    return sorted(random.Random(f"words:{seed}").sample(words, count))
+
+
 def levenshtein(a: str, b: str) -> int:
     previous = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
@@ -109,7 +122,8 @@ def character_example(task: str, word: str, words: list[str], rng: random.Random
         position = rng.randint(1, len(word))
         return f'Delete letter {position} of "{word}".', word[: position - 1] + word[position:]
     if task == "substitute_char":
-        letter, position = _letters(rng), rng.randint(1, len(word))
+        position = rng.randint(1, len(word))
+        letter = rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != word[position - 1]])  # a real change
         return (f'Replace letter {position} of "{word}" with "{letter}".',
                 word[: position - 1] + letter + word[position:])
     if task == "orthography":
@@ -125,6 +139,9 @@ CHARACTER_TASKS = ("spelling", "spelling_inverse", "contains_char", "insert_char
 
 def character_task(task: str, words: list[str], count: int = 100, shots: int = 3, seed: int = 0) -> list[dict]:
     """`count` prompts ending in "Answer:", each with `shots` worked examples; field "answer" is the target."""
+    needed = max(shots + 1, 4)  # distinct words per prompt; orthography offers 3 other words
+    if len(words) < needed:
+        raise ValueError(f"character tasks need at least {needed} distinct words, got {len(words)}")
     rng = random.Random(f"{task}:{seed}")
     rows = []
     for index in range(count):
@@ -159,14 +176,18 @@ test_split: test
 output_type: generate_until
 doc_to_text: "{{{{query}}}}"
 doc_to_target: "{{{{answer}}}}"
-generation_kwargs: {{until: ["\\n"], max_gen_toks: 48, do_sample: false}}
+generation_kwargs: {{until: ["\\n"], max_gen_toks: {max_gen_bytes}, do_sample: false}}
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 metadata: {{version: 1.0}}
 """
 
 
-def write_suite(folder: str | Path, hellaswag: str | Path, limit: int | None = 200, seed: int = 0) -> list[str]:
-    """Task data and lm-eval YAMLs for the whole suite in `folder`; returns the task names."""
+def write_suite(folder: str | Path, hellaswag: str | Path, limit: int | None = 200, seed: int = 0,
+                words_file: str | Path | None = None, max_gen_bytes: int = 48) -> list[str]:
+    """Task data and lm-eval YAMLs for the whole suite in `folder`; returns the task names.
+
+    The character tasks take their words from `words_file` (one per line) when given, else from the HellaSwag text;
+    answers are generated up to a newline or `max_gen_bytes` bytes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in Path(hellaswag).read_text().splitlines()]
@@ -175,14 +196,19 @@ def write_suite(folder: str | Path, hellaswag: str | Path, limit: int | None = 2
 
     def add(name, data, template):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-        (folder / f"{name}.yaml").write_text(template.format(name=name, data=folder / f"{name}.jsonl"))
+        (folder / f"{name}.yaml").write_text(
+            template.format(name=name, data=folder / f"{name}.jsonl", max_gen_bytes=max_gen_bytes)
+        )
         tasks.append(name)
 
     add("robust_hellaswag", rows, _MC_YAML)
     for noise in NOISES:
         for target in TARGETS:
             add(f"robust_hellaswag_{noise}_{target}", noised(rows, noise, target, seed), _MC_YAML)
-    words = words_from(r["query"] + " " + " ".join(r["choices"]) for r in rows)
+    if words_file is not None:
+        words = words_from_file(words_file, seed=seed)
+    else:
+        words = words_from(r["query"] + " " + " ".join(r["choices"]) for r in rows)
     for task in CHARACTER_TASKS:
         add(f"cute_{task}", character_task(task, words, count=min(limit or 100, 100), seed=seed), _GEN_YAML)
     return tasks
@@ -211,8 +237,12 @@ def markdown_report(results: dict) -> str:
 
 
 def run_suite(model_dir: str, output: str, hellaswag: str = "data/tasks/hellaswag.jsonl", limit: int | None = 200,
-              batch_size: int = 8, work_dir: str | None = None) -> str:
-    """Run both suites through lm-eval with the `blt_hf` backend; write and return the markdown table."""
+              batch_size: int = 8, work_dir: str | None = None, words_file: str | None = None,
+              results_json: str | None = None, max_gen_bytes: int = 48) -> str:
+    """Run both suites through lm-eval with the `blt_hf` backend; write and return the markdown table.
+
+    words_file: word list for the character tasks (default: words of the HellaSwag text). results_json: also write
+    every task's lm-eval metrics there ({task: {metric: value}}). max_gen_bytes: longest generated answer."""
     import tempfile
 
     from lm_eval import simple_evaluate
@@ -222,10 +252,16 @@ def run_suite(model_dir: str, output: str, hellaswag: str = "data/tasks/hellaswa
 
     if not Path(hellaswag).is_file():
         raise ValueError(f"{hellaswag} not found: run python eval/prepare_tasks.py first")
+    if words_file is not None and not Path(words_file).is_file():
+        raise ValueError(f"{words_file} not found (e.g. apt-get install wamerican for /usr/share/dict/words)")
     folder = Path(work_dir or tempfile.mkdtemp(prefix="blt_robustness_"))
-    tasks = write_suite(folder, hellaswag, limit)
+    tasks = write_suite(folder, hellaswag, limit, words_file=words_file, max_gen_bytes=max_gen_bytes)
     model = BLTLM(pretrained=model_dir, max_batch_bytes=batch_size * 1024)
-    results = simple_evaluate(model=model, tasks=tasks, task_manager=TaskManager(include_path=str(folder)))
+    manager = TaskManager(include_path=str(folder), include_defaults=False)  # the suite needs no built-in task
+    results = simple_evaluate(model=model, tasks=tasks, task_manager=manager)
     report = markdown_report(results["results"])
     Path(output).write_text(report)
+    if results_json is not None:
+        scores = {task: results["results"][task] for task in tasks}
+        Path(results_json).write_text(json.dumps(scores, indent=1, default=str) + "\n")
     return report
