@@ -106,3 +106,18 @@ def test_rows_fingerprint_follows_text_packing_and_patching(tmp_path):
     assert rows_fingerprint(files, 128, model=model) != with_patches
     (tmp_path / "a.txt").write_text("other text")
     assert rows_fingerprint(files, 128) != base
+
+
+def test_rows_fingerprint_follows_a_datasets_content_and_text_column(tmp_path):
+    from datasets import Dataset, load_from_disk
+
+    from blt_hf.data import rows_fingerprint
+
+    Dataset.from_dict({"body": ["one", "two"], "title": ["a", "b"]}).save_to_disk(tmp_path / "d")
+    base = rows_fingerprint([], 128, dataset=load_from_disk(tmp_path / "d"), text_column="body")
+    assert rows_fingerprint([], 128, dataset=load_from_disk(tmp_path / "d"), text_column="body") == base  # reloaded
+    assert rows_fingerprint([], 128, dataset=load_from_disk(tmp_path / "d"), text_column="title") != base
+    assert rows_fingerprint([], 256, dataset=load_from_disk(tmp_path / "d"), text_column="body") != base
+    Dataset.from_dict({"body": ["one", "three"], "title": ["a", "b"]}).save_to_disk(tmp_path / "e")
+    assert rows_fingerprint([], 128, dataset=load_from_disk(tmp_path / "e"), text_column="body") != base
+    assert rows_fingerprint([], 128) != base

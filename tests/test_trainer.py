@@ -1,5 +1,6 @@
 """Training with transformers.Trainer and accelerate: loss falls, resume is exact, bf16, activation checkpointing,
-LoRA, DDP == single process, FSDP2 sharding, and the blt-hf train / train-entropy entry points."""
+LoRA, DDP == single process, FSDP2 sharding, the Block Transformer decoder in training, and the blt-hf train /
+train-entropy entry points (text files or a datasets dataset)."""
 
 import json
 import os
@@ -7,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import Trainer, TrainingArguments
 
 from blt_hf import BLTForCausalLM, BLTPatcher
 from blt_hf.data import BLTDataCollator, add_patch_lengths, pack_documents
-from blt_hf.training import create_optimizer
+from blt_hf.train import TrainOptions, load_split, parse_options
+from blt_hf.training import BLTTrainer, create_optimizer
 from tests.test_generation import build_model
 from tests.utils import random_ids, tiny_model
 
@@ -215,3 +219,118 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     assert metrics["steps"] == 12 and [h["step"] for h in metrics["history"]] == [5, 10]
     assert "computing patches" not in resumed.stderr
     assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == cached
+
+
+def _row_bytes(rows):
+    """The document bytes of packed rows, in order (BOS and padding dropped)."""
+    return bytes(i - 4 for row in rows for i, keep in zip(row["input_ids"], row["attention_mask"], strict=True)
+                 if keep and i >= 4)
+
+
+def test_train_from_a_saved_dataset_reads_its_text_column_and_flags_win_over_the_options_file(tmp_path):
+    body = [TEXT[i : i + 2500] for i in range(0, 20_000, 2500)]
+    held_out = [TEXT[30_000:32_000]]
+    decoy = "DECOY " * 400  # the "text" column: read only if --text-column were ignored
+    DatasetDict({
+        "train": Dataset.from_dict({"body": body, "text": [decoy] * len(body)}),
+        "test": Dataset.from_dict({"body": held_out, "text": [decoy]}),
+    }).save_to_disk(tmp_path / "data")
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": str(tmp_path / "data"), "text_column": "text",
+                                                   "eval_dataset_split": "test", "batch_size": 2}))
+    extra = ["--options", str(tmp_path / "run.json"), "--text-column", "body", "--steps", "3",
+             "--data-cache", str(tmp_path / "rows")]
+    done = subprocess.run([sys.executable, *_train_command(tmp_path / "run", extra)], env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["eval_bytes"] == len("".join(held_out).encode())
+    cached = {_row_bytes(load_from_disk(folder)) for folder in (tmp_path / "rows").iterdir()}
+    assert cached == {"".join(body).encode(), "".join(held_out).encode()}
+
+
+def test_train_options_need_one_source_of_training_text(tmp_path):
+    with pytest.raises(ValueError, match="--train or a dataset with --dataset"):
+        parse_options([], "train")
+    with pytest.raises(ValueError, match="not both"):
+        parse_options(["--train", "a.txt", "--dataset", str(tmp_path)], "train")
+    with pytest.raises(ValueError, match="needs --dataset"):
+        parse_options(["--train", "a.txt", "--eval-dataset-split", "test"], "train")
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "corpus", "dataset_config": "en", "steps": 7}))
+    options = parse_options(["--options", str(tmp_path / "run.json"), "--dataset-split", "validation"], "train")
+    assert (options.dataset, options.dataset_config, options.steps) == ("corpus", "en", 7)
+    assert (options.dataset_split, options.text_column, options.train) == ("validation", "text", [])
+
+
+def test_load_split_reads_a_saved_dataset_or_a_folder_load_dataset_understands(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    Dataset.from_dict({"text": ["only"]}).save_to_disk(tmp_path / "single")
+    single = TrainOptions(dataset=str(tmp_path / "single"), eval_dataset_split="test")
+    assert load_split(single, "train")["text"] == ["only"]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_split(single, "test")
+    (tmp_path / "json").mkdir()
+    for split, texts in {"train": ["a", "b"], "test": ["c"]}.items():
+        (tmp_path / "json" / f"{split}.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    folder = TrainOptions(dataset=str(tmp_path / "json"))
+    assert load_split(folder, "train")["body"] == ["a", "b"] and load_split(folder, "test")["body"] == ["c"]
+
+
+def _decoder_input_gradient(model, ids, patch_lengths, target):
+    """Logits, and |d loss(byte `target`) / d local-decoder input| per byte. The decoder's input states are made a
+    leaf, so the gradient reaches them only inside the decoder (not through the patches and the global model)."""
+    leaves = []
+
+    def as_leaf(module, args):
+        leaves.append(args[0].detach().requires_grad_())
+        return (leaves[-1], *args[1:])
+
+    handle = model.model.local_decoder.register_forward_pre_hook(as_leaf)
+    try:
+        logits = model(ids, patch_lengths=patch_lengths, use_cache=False).logits
+    finally:
+        handle.remove()
+    torch.nn.functional.cross_entropy(logits[0, target], ids[0, target + 1]).backward()
+    return logits, leaves[0].grad[0].abs().sum(-1)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize("length", [20, 100], ids=["dense", "blocked"])  # the decoder window is 24 bytes
+def test_block_transformer_decoder_trains_with_attention_only_within_each_patch(length, checkpointing):
+    """In train mode (gradients on, optionally activation checkpointing) the logits are eval mode's, and a byte's
+    loss has no gradient into the decoder input of any byte of an earlier decoder patch: byte i predicts byte i+1
+    from the patch before i+1's, so its decoder patch is the patch of byte i+1."""
+    model = tiny_model(seed=8, patching_mode="static", has_patcher=False,
+                       decoder_config=dict(patch_local_attention=True))
+    ids = random_ids(length, seed=8)
+    layout = [1] + [3, 5, 2, 7, 4, 6] * 20  # BOS alone, then uneven patches
+    patch_of = torch.repeat_interleave(torch.arange(len(layout)), torch.tensor(layout))[:length]
+    patch_lengths = torch.bincount(patch_of)[None]
+    with torch.no_grad():
+        expected = model(ids, patch_lengths=patch_lengths, use_cache=False).logits
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        assert all(layer.gradient_checkpointing for layer in model.model.local_decoder.layers)
+    for target in (length // 2, length - 2):
+        for local_attention in (True, False):
+            model.config.decoder_config.patch_local_attention = local_attention
+            model.zero_grad()
+            logits, gradient = _decoder_input_gradient(model, ids, patch_lengths, target)
+            same_patch = patch_of[1 : target + 2] == patch_of[target + 1]
+            earlier = gradient[: target + 1][~same_patch]
+            assert (gradient[: target + 1][same_patch] > 0).all() and (gradient[target + 1 :] == 0).all()
+            if local_attention:
+                torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+                assert earlier.numel() > 0 and (earlier == 0).all()
+            else:  # the shared window leaks: the test can tell
+                assert (earlier[-3:] > 0).all()
+
+
+def test_trainer_steps_with_the_block_transformer_decoder_lower_the_loss(tmp_path):
+    model = tiny_model(seed=9, patching_mode="space", has_patcher=False,
+                       decoder_config=dict(patch_local_attention=True))
+    trainer = BLTTrainer(model=model, args=_args(tmp_path, max_steps=8, activation_checkpointing=True),
+                         train_dataset=_rows(model), data_collator=BLTDataCollator(), global_lr_scale=1.0)
+    trainer.train()
+    losses = _losses(trainer)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 1.0

@@ -35,6 +35,15 @@ BLTModel.register_for_auto_class("AutoModel")
 BLTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 BLTTokenizer.register_for_auto_class("AutoTokenizer")
 
+
+def __getattr__(name: str):
+    if name == "BLTTrainer":  # imported on first use: it loads transformers.Trainer
+        from .training import BLTTrainer
+
+        return BLTTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BLTCache",
     "BLTCausalLMOutput",
@@ -49,6 +58,7 @@ __all__ = [
     "BLTPatcherConfig",
     "BLTPatcherOutput",
     "BLTTokenizer",
+    "BLTTrainer",
     "PatchingRule",
     "compute_patch_lengths",
     "patch_lengths_from_starts",

@@ -122,11 +122,15 @@ def add_patch_lengths(dataset, model, batch_size: int = 16, chunk_size: int | No
                        desc="computing patches")
 
 
-def rows_fingerprint(files, row_length: int, split_paragraphs: bool = False, model=None) -> str:
-    """A key for packed rows: the files' contents, the packing settings and (with `model`) its patching."""
+def rows_fingerprint(files, row_length: int, split_paragraphs: bool = False, model=None, dataset=None,
+                     text_column: str = "text") -> str:
+    """A key for packed rows: the files' contents (or the `datasets` fingerprint of `dataset` and its
+    `text_column`), the packing settings and (with `model`) its patching."""
     digest = hashlib.sha256(json.dumps([row_length, split_paragraphs]).encode())
     for name in files:
         digest.update(hashlib.sha256(Path(name).read_bytes()).digest())
+    if dataset is not None:
+        digest.update(json.dumps(["dataset", dataset._fingerprint, text_column]).encode())
     if model is not None:
         base = getattr(model, "model", model)
         digest.update(_patching_fingerprint(PatchingRule.from_config(base.config), base.patcher).encode())

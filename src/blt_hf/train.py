@@ -1,11 +1,17 @@
 """Training entry points on `transformers.Trainer`: `blt-hf train` (a BLT) and `blt-hf train-entropy` (its entropy
-model). Data: text files -> packed rows (-> precomputed patches); progress bars, periodic held-out bits per byte,
-checkpoints every `save_steps` (resume with `--resume`), and a final `save_pretrained` folder `OUTPUT/final`.
+model). Data: text files or a `datasets` dataset -> packed rows (-> precomputed patches); progress bars, periodic
+held-out bits per byte, checkpoints every `save_steps` (resume with `--resume`), and a final `save_pretrained`
+folder `OUTPUT/final`.
 
     blt-hf train-entropy --train a.txt b.txt --eval c.txt --output runs/entropy --preset small --steps 2000
     blt-hf train --train a.txt --eval c.txt --output runs/blt --preset small --patcher runs/entropy/final
+    blt-hf train --dataset DIR --text-column body --eval-dataset-split test ...     # save_to_disk folder or hub name
     blt-hf train-byte-llama --train a.txt --eval c.txt --output runs/llama --preset small    # the baseline
     accelerate launch --num_processes 2 --cpu -m blt_hf.cli train ...                 # DDP, same global batch
+    accelerate launch --config_file configs/accelerate_fsdp.yaml -m blt_hf.cli train ...    # FSDP2 (GPUs)
+
+`blt-hf train` uses `BLTTrainer` (per-stack learning rates, built by Trainer itself, so FSDP can wrap the model);
+it and `train-byte-llama` use AdamW with betas (0.9, 0.95), eps 1e-8 and `--weight-decay` on matrices.
 
 Options can also come from a JSON file (`--options run.json`, keys = the option names below); flags win.
 """
@@ -28,6 +34,11 @@ from .metrics import bits_per_byte
 class TrainOptions:
     train: list[str] = field(default_factory=list)  # text files (one document each, or paragraphs)
     eval: list[str] = field(default_factory=list)  # held-out text files
+    dataset: str | None = None  # instead of --train: a Dataset.save_to_disk folder, or a datasets.load_dataset name
+    dataset_config: str | None = None  # load_dataset's configuration name
+    dataset_split: str = "train"  # the training split
+    eval_dataset_split: str | None = None  # instead of --eval: a held-out split of the dataset
+    text_column: str = "text"  # the dataset's column of documents
     output: str = "runs/blt"
     model: str | None = None  # continue from a saved folder
     config: str | None = None  # a config JSON for a fresh model
@@ -79,29 +90,70 @@ def parse_options(argv: list[str] | None, description: str, defaults: dict | Non
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}")
     options = TrainOptions(**values)
-    if not options.train:
-        raise ValueError("give training text files with --train")
+    check_data_options(options)
     return options
 
 
-def _rows(files, options, model=None):
+def check_data_options(options: TrainOptions) -> None:
+    """Training text from exactly one of --train and --dataset; held-out text from at most one source."""
+    if bool(options.train) == bool(options.dataset):
+        raise ValueError("give training text files with --train or a dataset with --dataset (not both)")
+    if options.eval_dataset_split and not options.dataset:
+        raise ValueError("--eval-dataset-split needs --dataset")
+    if options.eval and options.eval_dataset_split:
+        raise ValueError("give held-out text with --eval or --eval-dataset-split (not both)")
+
+
+def load_split(options: TrainOptions, split: str):
+    """One split of `options.dataset`: a `save_to_disk` folder (a DatasetDict, or a Dataset standing for
+    --dataset-split), or else a `datasets.load_dataset` name or path with `options.dataset_config`."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    folder = Path(options.dataset)
+    if not ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()):
+        return load_dataset(options.dataset, options.dataset_config, split=split)
+    data = load_from_disk(str(folder))
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            raise ValueError(f"{folder} has no split {split!r}; it has {sorted(data)}")
+        return data[split]
+    if split != options.dataset_split:
+        raise ValueError(f"{folder} is a single Dataset (the training split), it has no split {split!r}")
+    return data
+
+
+def _rows(files, options, model=None, dataset=None):
+    """Packed (and, with `model`, patched) rows of the text files, or of `dataset`'s `options.text_column`."""
     from .data import add_patch_lengths, cached_rows, pack_documents, rows_fingerprint, text_dataset
 
+    files = [] if dataset is not None else files
+
     def build():
-        docs = text_dataset(files=files, split_paragraphs=options.split_paragraphs)
+        docs = text_dataset(files=files, dataset=dataset, text_column=options.text_column,
+                            split_paragraphs=options.split_paragraphs)
         rows = pack_documents(docs, options.row_length)
         return add_patch_lengths(rows, model) if model is not None else rows
 
     if not options.data_cache:
         return build()
-    key = rows_fingerprint(files, options.row_length, options.split_paragraphs, model)
+    key = rows_fingerprint(files, options.row_length, options.split_paragraphs, model, dataset, options.text_column)
     return cached_rows(Path(options.data_cache) / f"rows-{key}", build)
 
 
+def _train_rows(options, model=None):
+    check_data_options(options)
+    if options.dataset:
+        return _rows([], options, model, load_split(options, options.dataset_split))
+    return _rows(options.train, options, model)
+
+
 def _eval_rows(options, model=None):
-    if not options.eval:
+    if options.eval_dataset_split:
+        rows = _rows([], options, model, load_split(options, options.eval_dataset_split))
+    elif options.eval:
+        rows = _rows(options.eval, options, model)
+    else:
         return None
-    rows = _rows(options.eval, options, model)
     return rows.select(range(min(options.max_eval_rows, len(rows))))
 
 
@@ -122,7 +174,14 @@ class HeldOutBitsPerByte(TrainerCallback):
             print(f"step {state.global_step}: held-out {result['bits_per_byte']:.4f} bits/byte", flush=True)
 
 
-def _training_arguments(options: TrainOptions):
+def _optimizer_arguments(options: TrainOptions) -> dict:
+    """The BLT optimizer settings as TrainingArguments: AdamW, betas (0.9, 0.95), eps 1e-8, `weight_decay`."""
+    return dict(optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,
+                weight_decay=options.weight_decay)
+
+
+def _training_arguments(options: TrainOptions, **extra):
+    """TrainingArguments of the entry points (Trainer's default optimizer unless `extra` says otherwise)."""
     from transformers import TrainingArguments
 
     if options.fsdp and not torch.cuda.is_available():
@@ -159,6 +218,7 @@ def _training_arguments(options: TrainOptions):
             })
             if options.fsdp else {}
         ),
+        **extra,
     )
 
 
@@ -214,7 +274,7 @@ def train_entropy_model(options: TrainOptions) -> dict:
         model = BLTPatcher(BLTPatcherConfig.from_json_file(options.config))
     else:
         model = BLTPatcher(patcher_config(options.preset))
-    train_rows = _rows(options.train, options)
+    train_rows = _train_rows(options)
     eval_rows = _eval_rows(options)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
     trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
@@ -262,31 +322,35 @@ def build_blt(options: TrainOptions):
     return model
 
 
+def blt_trainer(model, options: TrainOptions, train_rows, callbacks=None):
+    """The `BLTTrainer` of `blt-hf train`: it builds the per-stack optimizer itself (no `optimizers=`, which
+    Trainer refuses under FSDP)."""
+    from .data import BLTDataCollator
+    from .training import BLTTrainer
+
+    return BLTTrainer(model=model, args=_training_arguments(options, **_optimizer_arguments(options)),
+                      train_dataset=train_rows, data_collator=BLTDataCollator(), callbacks=callbacks,
+                      global_lr_scale=options.global_lr_scale)
+
+
 def train_blt(options: TrainOptions) -> dict:
     """Train (or fine-tune) a BLT on packed rows with precomputed patches; report held-out bits per byte."""
-    from transformers import Trainer
-
-    from .data import BLTDataCollator
     from .tokenization_blt_hf import BLTTokenizer
-    from .training import create_optimizer
 
     if options.threads:
         torch.set_num_threads(options.threads)
     model = build_blt(options)
-    train_rows = _rows(options.train, options, model)
+    train_rows = _train_rows(options, model)
     eval_rows = _eval_rows(options, model)
-    optimizer = create_optimizer(model, learning_rate=options.learning_rate, global_lr_scale=options.global_lr_scale,
-                                 weight_decay=options.weight_decay)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
-    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
-                      data_collator=BLTDataCollator(), optimizers=(optimizer, None), callbacks=[callback])
+    trainer = blt_trainer(model, options, train_rows, [callback])
     trainer.train(resume_from_checkpoint=_resume_point(options))
     return _finish(trainer, model, eval_rows, options, lambda folder: BLTTokenizer().save_pretrained(folder))
 
 
 def train_byte_llama(options: TrainOptions) -> dict:
     """Train the byte-level Llama baseline (`blt_hf.baselines`) on the same packed rows, with the BLT optimizer
-    settings (AdamW, betas 0.9/0.95, weight decay on matrices); report held-out bits per byte."""
+    settings (AdamW, betas 0.9/0.95, weight decay on matrices, none on norms); report held-out bits per byte."""
     from transformers import LlamaConfig, Trainer
 
     from .baselines import ByteLlamaForCausalLM, byte_llama_config
@@ -301,20 +365,15 @@ def train_byte_llama(options: TrainOptions) -> dict:
         model = ByteLlamaForCausalLM(LlamaConfig.from_json_file(options.config))
     else:
         model = ByteLlamaForCausalLM(byte_llama_config(options.preset, max_position_embeddings=options.row_length))
-    train_rows = _rows(options.train, options)
+    train_rows = _train_rows(options)
     eval_rows = _eval_rows(options)
-    groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() >= 2],
-         "weight_decay": options.weight_decay},
-        {"params": [p for p in model.parameters() if p.requires_grad and p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=options.learning_rate, betas=(0.9, 0.95), eps=1e-8)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
-    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
-                      data_collator=BLTDataCollator(), optimizers=(optimizer, None), callbacks=[callback])
+    # Trainer's own optimizer (so FSDP works): its decay group is the weight matrices, the norms get none
+    trainer = Trainer(model=model, args=_training_arguments(options, **_optimizer_arguments(options)),
+                      train_dataset=train_rows, data_collator=BLTDataCollator(), callbacks=[callback])
     trainer.train(resume_from_checkpoint=_resume_point(options))
     return _finish(trainer, model, eval_rows, options)
 
 
 __all__ = ["TrainOptions", "train_blt", "train_byte_llama", "train_entropy_model", "parse_options",
-           "HeldOutBitsPerByte"]
+           "HeldOutBitsPerByte", "blt_trainer", "check_data_options", "load_split"]

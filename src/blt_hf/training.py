@@ -1,19 +1,28 @@
-"""Training helpers: per-stack learning rates and freezing, for plain PyTorch loops and `transformers.Trainer`.
+"""Training helpers: per-stack learning rates and freezing, for `transformers.Trainer` and plain PyTorch loops.
 
 Byte-ifying a pretrained model (the paper's Llama 3.1 initialisation) trains the new local stacks at the full
-learning rate and the inherited global transformer at a lower one (the paper used 10x lower):
+learning rate and the inherited global transformer at a lower one (the paper used 10x lower). With Trainer, let
+`BLTTrainer` build the per-stack optimizer itself, from `args` (learning rate, weight decay, `optim` and its
+betas): that also works under FSDP, where Trainer refuses a ready-made `optimizers=(...)`:
 
-    from blt_hf.training import create_optimizer, freeze
+    from blt_hf.training import BLTTrainer, freeze
     freeze(model, "patcher")                                       # the entropy model is trained separately
+    args = TrainingArguments("runs/x", learning_rate=3e-4, weight_decay=0.1, adam_beta2=0.95, optim="adamw_torch")
+    trainer = BLTTrainer(model=model, args=args, train_dataset=data, global_lr_scale=0.1)
+
+In a plain loop (or a Trainer without FSDP), `create_optimizer` gives the same groups as a ready AdamW:
+
     optimizer = create_optimizer(model, learning_rate=3e-4, global_lr_scale=0.1)
-    trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
 
 Trainer builds its learning-rate schedule on top and scales every group alike, so the ratio is kept.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
+from transformers import Trainer
 
 # parameter-name prefixes of each stack inside BLTForCausalLM
 STACKS = {
@@ -26,9 +35,21 @@ STACKS = {
 }
 
 
+# what wrappers put into parameter names: FSDP1, activation checkpointing and torch.compile anywhere; DDP
+# (and DataParallel) and PEFT in front
+_INNER_WRAPPERS = re.compile(r"(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+_OUTER_WRAPPERS = re.compile(r"^(?:module\.|base_model\.model\.)+")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter name as `BLTForCausalLM` itself names it, whatever wraps the model."""
+    return _OUTER_WRAPPERS.sub("", _INNER_WRAPPERS.sub("", name))
+
+
 def _stack_of(name: str) -> str:
+    bare = unwrapped_name(name)
     for stack, prefix in STACKS.items():
-        if name.startswith(prefix):
+        if bare.startswith(prefix):
             return stack
     raise ValueError(f"parameter {name!r} belongs to no known BLT stack")
 
@@ -82,3 +103,35 @@ def create_optimizer(
     """AdamW over `parameter_groups` (the official BLT optimizer settings by default)."""
     groups = parameter_groups(model, learning_rate, global_lr_scale, weight_decay, stack_lr_scales)
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+class BLTTrainer(Trainer):
+    """`transformers.Trainer` whose optimizer has the groups of `parameter_groups`: `args.learning_rate` and
+    `args.weight_decay`, the global transformer at `global_lr_scale` (other stacks at `stack_lr_scales`), and the
+    optimizer class and settings of `args.optim` (e.g. adamw_torch with adam_beta1/adam_beta2/adam_epsilon).
+
+    Trainer creates it before or after wrapping the model (FSDP, DDP, activation checkpointing); the wrappers'
+    name prefixes are stripped before matching stacks.
+    """
+
+    def __init__(self, *args, global_lr_scale: float = 0.1, stack_lr_scales: dict[str, float] | None = None,
+                 **kwargs):
+        self.global_lr_scale, self.stack_lr_scales = global_lr_scale, stack_lr_scales
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        takes_groups = isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
+        if not takes_groups or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(f"optim={self.args.optim!r} builds its own parameter groups; BLTTrainer needs an "
+                             "optimizer that takes them (e.g. adamw_torch)")
+        groups = parameter_groups(model, self.args.learning_rate, self.global_lr_scale, self.args.weight_decay,
+                                  self.stack_lr_scales)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
