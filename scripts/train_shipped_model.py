@@ -122,8 +122,10 @@ def stage_corpus() -> None:
 
 
 def stage_entropy() -> None:
+    # weight_decay 0: the shipped entropy model was trained before train-entropy honoured --weight-decay
     train("train-entropy", "entropy", dict(common_options(), preset="small", steps=ENTROPY_STEPS,
-                                           learning_rate=2e-3, eval_steps=250, output=str(RUN / "entropy")))
+                                           learning_rate=2e-3, weight_decay=0.0, eval_steps=250,
+                                           output=str(RUN / "entropy")))
 
 
 def _calibration_sample() -> list[str]:

@@ -257,7 +257,8 @@ def _finish(trainer, model, eval_rows, options, extra_save=None) -> dict:
 
 
 def train_entropy_model(options: TrainOptions) -> dict:
-    """Train a `BLTPatcher` (byte LM) on packed rows; report held-out bits per byte."""
+    """Train a `BLTPatcher` (byte LM) on packed rows; report held-out bits per byte. Optimizer: Trainer's AdamW
+    (betas 0.9 / 0.999) with `weight_decay` on every weight but biases and norms."""
     from transformers import Trainer
 
     from .configuration_blt_hf import BLTPatcherConfig
@@ -277,8 +278,9 @@ def train_entropy_model(options: TrainOptions) -> dict:
     train_rows = _train_rows(options)
     eval_rows = _eval_rows(options)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
-    trainer = Trainer(model=model, args=_training_arguments(options), train_dataset=train_rows,
-                      data_collator=BLTDataCollator(), callbacks=[callback])
+    arguments = _training_arguments(options, weight_decay=options.weight_decay)
+    trainer = Trainer(model=model, args=arguments, train_dataset=train_rows, data_collator=BLTDataCollator(),
+                      callbacks=[callback])
     trainer.train(resume_from_checkpoint=_resume_point(options))
     return _finish(trainer, model, eval_rows, options)
 
