@@ -2,7 +2,8 @@
 
 The 70M benchmark configuration (shared/reference/transformers-blt.md), random weights built by transformers and
 converted into blt_hf, fp32 on CPU with 2 threads. Both models get identical `patch_lengths` (space-like patches of
-the Debian license texts) and the same labels; the losses are asserted equal. Each (implementation, shape) runs in
+the Debian license texts) and the same labels; the losses are asserted equal. blt_hf also runs with activation
+checkpointing (`gradient_checkpointing_enable()`), the memory-lean setting. Each (implementation, shape) runs in
 its own process so that peak memory is measured cleanly.
 
     python eval/bench_train.py                      # batch 4 x 1024 and 1 x 8192
@@ -46,6 +47,8 @@ def worker(impl: str, batch: int, length: int, steps: int, threads: int) -> dict
     reference = BltForCausalLM(BltConfig(**TRANSFORMERS_BENCH_CONFIG))
     model = reference if impl == "transformers" else from_transformers(reference)
     del reference
+    if impl == "blt_hf_checkpointed":  # activation checkpointing: layer inputs kept, the rest recomputed
+        model.gradient_checkpointing_enable()
     model.train()
     ids = byte_rows(license_text(), batch, length)
     patch_lengths = space_like_patch_lengths(ids)
@@ -96,14 +99,15 @@ def main():
     for shape in args.shapes.split(","):
         batch, length = shape.split("x")
         pair = {}
-        for impl in ("blt_hf", "transformers"):
+        for impl in ("blt_hf", "blt_hf_checkpointed", "transformers"):
             extra = ["--steps", str(args.steps), "--threads", str(args.threads)]
             pair[impl] = run_worker(__file__, [impl, batch, length, *extra])
             rows.append(pair[impl])
         peak = max(peak_before, matmul_gflops())
-        ours, ref = pair["blt_hf"], pair["transformers"]
-        if abs(ours["loss"] - ref["loss"]) > 1e-4:
-            raise AssertionError(f"{shape}: loss {ours['loss']} (blt_hf) != {ref['loss']} (transformers)")
+        ours, checkpointed, ref = pair["blt_hf"], pair["blt_hf_checkpointed"], pair["transformers"]
+        for name, result in (("blt_hf", ours), ("blt_hf_checkpointed", checkpointed)):
+            if abs(result["loss"] - ref["loss"]) > 1e-4:
+                raise AssertionError(f"{shape}: loss {result['loss']} ({name}) != {ref['loss']} (transformers)")
         for result in pair.values():
             result["mfu"] = round(result["train_flops_per_byte"] * result["bytes_per_s"] / 1e9 / peak, 4)
         comparisons[shape] = {
@@ -116,6 +120,11 @@ def main():
             "transformers_bytes_per_s": ref["bytes_per_s"],
             "blt_hf_step_peak_extra_mb": ours["step_peak_extra_mb"],
             "transformers_step_peak_extra_mb": ref["step_peak_extra_mb"],
+            "checkpointed_speedup": round(checkpointed["bytes_per_s"] / ref["bytes_per_s"], 2),
+            "checkpointed_step_memory_ratio": round(
+                ref["step_peak_extra_mb"] / max(checkpointed["step_peak_extra_mb"], 1), 2),
+            "blt_hf_checkpointed_bytes_per_s": checkpointed["bytes_per_s"],
+            "blt_hf_checkpointed_step_peak_extra_mb": checkpointed["step_peak_extra_mb"],
             "loss": ours["loss"],
         }
     print_table(rows, ["impl", "shape", "fwd_bwd_s", "bytes_per_s", "mfu", "model_rss_mb", "step_peak_extra_mb",
