@@ -7,7 +7,8 @@ model and then see synthetic entropies: high after a space or punctuation byte, 
 "space-like" rule). The byte-level Llama (vocab 260) has as many non-embedding parameters as the BLT's global and
 local stacks. Prompts are 256, 1024 and 4096 bytes of the Debian license texts; fp32, 2 threads.
 
-Per-byte decode time is the mean time between consecutive generate() steps after the first (prefill excluded).
+Per-byte decode time is the mean time between consecutive generate() steps after the first (prefill excluded), the
+best of `--repeats` rounds in which blt_hf and the Llama take turns.
 
     python eval/bench_generate.py [--new-bytes 64] [--contexts 256,1024,4096] [--reference-steps 16]
 
@@ -57,8 +58,8 @@ def space_like_blt_hf_patcher(patcher):
     """The same synthetic entropies for blt_hf: uniform logits (entropy ln 260) after a separator, peaked otherwise."""
     real = patcher.next_byte_logits
 
-    def next_byte_logits(ids, positions, valid, cache=None):
-        logits = real(ids, positions, valid, cache)
+    def next_byte_logits(ids, positions, valid, cache=None, **kwargs):
+        logits = real(ids, positions, valid, cache, **kwargs)
         peaked = torch.full_like(logits, -100.0)
         peaked[..., 0] = 0.0
         return torch.where(torch.isin(ids, SEPARATOR_IDS.to(ids.device))[..., None], torch.zeros_like(logits), peaked)
@@ -98,19 +99,28 @@ class StepTimer:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def decode_seconds_per_byte(model, ids, new_tokens, repeats=2, **kwargs):
-    """Mean time between consecutive generate() steps after the first (prefill excluded), best of `repeats`."""
+def decode_seconds_per_byte(model, ids, new_tokens, **kwargs):
+    """Mean time between consecutive generate() steps after the first (prefill excluded), and the output."""
     from transformers import StoppingCriteriaList
 
-    best, output = float("inf"), None
+    timer = StepTimer()
+    with torch.no_grad():
+        output = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                eos_token_id=None, pad_token_id=0, stopping_criteria=StoppingCriteriaList([timer]),
+                                **kwargs)
+    return (timer.times[-1] - timer.times[0]) / (len(timer.times) - 1), output
+
+
+def interleaved_best(runs: dict, repeats: int) -> dict:
+    """Best (seconds per byte, output) of each named run over `repeats` rounds, the runs taking turns within a
+    round, so that a slow spell of this shared machine hits every run alike."""
+    best = {}
     for _ in range(repeats):
-        timer = StepTimer()
-        with torch.no_grad():
-            output = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                    eos_token_id=None, pad_token_id=0,
-                                    stopping_criteria=StoppingCriteriaList([timer]), **kwargs)
-        best = min(best, (timer.times[-1] - timer.times[0]) / (len(timer.times) - 1))
-    return best, output
+        for name, run in runs.items():
+            seconds, output = run()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, output)
+    return best
 
 
 def reference_seconds_per_byte(model, ids, steps):
@@ -132,6 +142,7 @@ def main():
     parser.add_argument("--reference-steps", type=int, default=16,
                         help="full-recompute steps per context: timed (best is kept) and checked equal to blt_hf")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the batched decode rows")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of each decode measurement (best is kept)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -152,12 +163,15 @@ def main():
     rows, results = [], {}
     for context in [int(c) for c in args.contexts.split(",")]:
         ids = byte_rows(text, 1, context)
-        ours_s, ours_out = decode_seconds_per_byte(ours, ids, args.new_bytes)
+        best = interleaved_best({
+            "blt_hf": lambda ids=ids: decode_seconds_per_byte(ours, ids, args.new_bytes),
+            "llama": lambda ids=ids: decode_seconds_per_byte(llama, ids, args.new_bytes),
+        }, args.repeats)
+        (ours_s, ours_out), (llama_s, _) = best["blt_hf"], best["llama"]
         ref_s, ref_out = reference_seconds_per_byte(reference, ids, args.reference_steps)
         steps = ref_out.shape[1] - context
         if not torch.equal(ours_out[:, : context + steps], ref_out):
             raise AssertionError(f"context {context}: greedy bytes differ between blt_hf and transformers' Blt")
-        llama_s, _ = decode_seconds_per_byte(llama, ids, args.new_bytes)
         result = {
             "blt_hf_ms_per_byte": round(ours_s * 1e3, 2),
             "transformers_nocache_ms_per_byte": round(ref_s * 1e3, 1),
@@ -172,11 +186,20 @@ def main():
     growth = last["blt_hf_ms_per_byte"] / first["blt_hf_ms_per_byte"]
 
     batch_ids = byte_rows(text, args.batch, 256)
-    batch_s, _ = decode_seconds_per_byte(ours, batch_ids, args.new_bytes)
-    ours.config.decoder_config.patch_local_attention = True
-    local_s, _ = decode_seconds_per_byte(ours, batch_ids, args.new_bytes)
-    ours.config.decoder_config.patch_local_attention = False
-    llama_batch_s, _ = decode_seconds_per_byte(llama, batch_ids, args.new_bytes)
+
+    def patch_local_decode():
+        ours.config.decoder_config.patch_local_attention = True
+        try:
+            return decode_seconds_per_byte(ours, batch_ids, args.new_bytes)
+        finally:
+            ours.config.decoder_config.patch_local_attention = False
+
+    best = interleaved_best({
+        "blt_hf": lambda: decode_seconds_per_byte(ours, batch_ids, args.new_bytes),
+        "patch_local": patch_local_decode,
+        "llama": lambda: decode_seconds_per_byte(llama, batch_ids, args.new_bytes),
+    }, args.repeats)
+    batch_s, local_s, llama_batch_s = best["blt_hf"][0], best["patch_local"][0], best["llama"][0]
     batched = {
         "batch": args.batch,
         "blt_hf_bytes_per_s": round(args.batch / batch_s, 1),
