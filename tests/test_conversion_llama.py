@@ -1,7 +1,6 @@
 """Byte-ifying a Llama: the converted global transformer computes exactly what Llama's decoder layers compute."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from blt_hf import BLTConfig, BLTForCausalLM, BLTPatcher, BLTPatcherConfig
 from blt_hf.cache import PatchKVCache
 from blt_hf.conversion_llama import convert_llama, halves_to_pairs, pairs_to_halves
 from blt_hf.masks import PatchAttentionPlan
-from tests.utils import perturb_norms, random_ids, tiny_model
+from tests.utils import fail_after_the_weights, perturb_norms, random_ids, tiny_model
 
 LLAMAS = {
     "gqa": dict(num_attention_heads=4, num_key_value_heads=2),
@@ -154,10 +153,6 @@ def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination
 
     tiny_llama("gqa").save_pretrained(tmp_path / "llama")
     options = dict(local_heads=2, hash_vocab=97, patching_mode="space", has_patcher=False)
-
-    def fail_after_the_weights(self, folder, *args, **kwargs):
-        assert (Path(folder) / "model.safetensors").is_file()  # the model is already written: fail midway
-        raise OSError("disk full")
 
     with monkeypatch.context() as patch:
         patch.setattr(BLTTokenizer, "save_pretrained", fail_after_the_weights)

@@ -20,7 +20,7 @@ from blt_hf.conversion_meta import (
     entropy_config_from_meta,
     fuse_hash_tables,
 )
-from tests.utils import random_ids, separated_threshold, tiny_hf_config, tiny_hf_model
+from tests.utils import fail_after_the_weights, random_ids, separated_threshold, tiny_hf_config, tiny_hf_model
 
 # transformers' documented renames (convert_blt_weights_to_hf.py), undone: transformers name -> official name
 OFFICIAL_NAMES = [
@@ -208,10 +208,6 @@ def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination
     hf, (model_args, entropy_args) = tiny_official_pair()
     write_consolidated(tmp_path / "blt", model_args, entropy_args, *official_checkpoint(hf), 1.0)
 
-    def fail_after_the_weights(self, folder, *args, **kwargs):
-        assert (Path(folder) / "model.safetensors").is_file()  # the model is already written: fail midway
-        raise OSError("disk full")
-
     with monkeypatch.context() as patch:
         patch.setattr(BLTTokenizer, "save_pretrained", fail_after_the_weights)
         with pytest.raises(OSError, match="disk full"):
@@ -252,19 +248,25 @@ RELEASED = {
 }
 
 
+def official_block_meta_state(state, prefix, dim, ffn):
+    """Add one official transformer block's names and shapes (attention, SwiGLU, two norms) on the meta device."""
+    meta = torch.device("meta")
+    for w in ("wq", "wk", "wv", "wo"):
+        state[f"{prefix}.attention.{w}.weight"] = torch.empty(dim, dim, device=meta)
+    state[f"{prefix}.feed_forward.w1.weight"] = torch.empty(ffn, dim, device=meta)
+    state[f"{prefix}.feed_forward.w3.weight"] = torch.empty(ffn, dim, device=meta)
+    state[f"{prefix}.feed_forward.w2.weight"] = torch.empty(dim, ffn, device=meta)
+    state[f"{prefix}.attention_norm.weight"] = torch.empty(dim, device=meta)
+    state[f"{prefix}.ffn_norm.weight"] = torch.empty(dim, device=meta)
+
+
 def official_meta_state(encoder, global_, decoder, k, local_ffn, global_ffn, hash_rows=500002, groups=6):
     """Official parameter names and shapes written out from the architecture description, on the meta device."""
     meta = torch.device("meta")
     state = {}
 
     def block(prefix, dim, ffn):
-        for w in ("wq", "wk", "wv", "wo"):
-            state[f"{prefix}.attention.{w}.weight"] = torch.empty(dim, dim, device=meta)
-        state[f"{prefix}.feed_forward.w1.weight"] = torch.empty(ffn, dim, device=meta)
-        state[f"{prefix}.feed_forward.w3.weight"] = torch.empty(ffn, dim, device=meta)
-        state[f"{prefix}.feed_forward.w2.weight"] = torch.empty(dim, ffn, device=meta)
-        state[f"{prefix}.attention_norm.weight"] = torch.empty(dim, device=meta)
-        state[f"{prefix}.ffn_norm.weight"] = torch.empty(dim, device=meta)
+        official_block_meta_state(state, prefix, dim, ffn)
 
     def cross(prefix, dim):
         for w in ("wq", "wk", "wv", "wo"):
@@ -299,13 +301,7 @@ def official_entropy_meta_state(dim=768, layers=14, ffn=2048):
     state = {"tok_embeddings.weight": torch.empty(260, dim, device=meta), "norm.weight": torch.empty(dim, device=meta),
              "output.weight": torch.empty(260, dim, device=meta)}
     for i in range(layers):
-        for w in ("wq", "wk", "wv", "wo"):
-            state[f"layers.{i}.attention.{w}.weight"] = torch.empty(dim, dim, device=meta)
-        state[f"layers.{i}.feed_forward.w1.weight"] = torch.empty(ffn, dim, device=meta)
-        state[f"layers.{i}.feed_forward.w3.weight"] = torch.empty(ffn, dim, device=meta)
-        state[f"layers.{i}.feed_forward.w2.weight"] = torch.empty(dim, ffn, device=meta)
-        state[f"layers.{i}.attention_norm.weight"] = torch.empty(dim, device=meta)
-        state[f"layers.{i}.ffn_norm.weight"] = torch.empty(dim, device=meta)
+        official_block_meta_state(state, f"layers.{i}", dim, ffn)
     return state
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from blt_hf import BLTCache, BLTTokenizer
-from tests.utils import random_ids, separated_threshold, tiny_model
+from tests.utils import calibrate_patching, random_ids, tiny_model
 
 MODES = ["entropy", "monotonic", "combined", "static", "space", "byte"]
 
@@ -29,17 +29,7 @@ def build_model(mode, seed, **extra):
     )
     overrides.update(extra)
     model = tiny_model(seed=seed, **overrides)
-    probe = random_ids(200, seed=1000 + seed)
-    with torch.no_grad():
-        entropies = model.model.patcher(probe).entropies[0, 1:]
-    rises = entropies[1:] - entropies[:-1]
-    if mode == "monotonic":
-        model.config.patching_threshold = separated_threshold(rises, 0.8)
-    elif mode == "combined":
-        model.config.patching_threshold = separated_threshold(entropies, 0.3)
-        model.config.patching_threshold_add = separated_threshold(rises, 0.5)
-    else:
-        model.config.patching_threshold = separated_threshold(entropies, 0.4)
+    calibrate_patching(model, mode, [random_ids(200, seed=1000 + seed)[0]], entropy_quantile=0.4, rise_quantile=0.8)
     return model
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import BltConfig, BltForCausalLM
 
@@ -124,16 +126,24 @@ PATCHING_VARIANTS = {
 }
 
 
-def calibrate_patching(model, variant: str, rows) -> None:
-    """Set the entropy thresholds of `variant` between two of the patcher's entropies (or rises) on `rows`."""
+def calibrate_patching(model, variant: str, rows, entropy_quantile: float = 0.5, rise_quantile: float = 0.7) -> None:
+    """Set the entropy thresholds of `variant` between two of the patcher's entropies (or rises) on `rows`
+    (1-D id tensors): near `entropy_quantile` of the entropies, or near `rise_quantile` of the rises for the
+    monotonic rule; the combined rule uses the 0.3 and 0.5 quantiles."""
     with torch.no_grad():
         entropies = [model.model.patcher(r[None]).entropies[0, 1:] for r in rows]
     rises = torch.cat([e[1:] - e[:-1] for e in entropies])
     entropies = torch.cat(entropies)
     if variant == "monotonic":
-        model.config.patching_threshold = separated_threshold(rises, 0.7)
+        model.config.patching_threshold = separated_threshold(rises, rise_quantile)
     elif variant == "combined":
         model.config.patching_threshold = separated_threshold(entropies, 0.3)
         model.config.patching_threshold_add = separated_threshold(rises, 0.5)
     else:
-        model.config.patching_threshold = separated_threshold(entropies)
+        model.config.patching_threshold = separated_threshold(entropies, entropy_quantile)
+
+
+def fail_after_the_weights(self, folder, *args, **kwargs):
+    """A `save_pretrained` replacement (patch it onto the tokenizer) that fails once the weights are on disk."""
+    assert (Path(folder) / "model.safetensors").is_file()  # the model is already written: fail midway
+    raise OSError("disk full")
