@@ -28,7 +28,9 @@ class BLTLocalEncoder(nn.Module):
         super().__init__()
         self.config, self.cross_attn_k = config, cross_attn_k
         self.embed_tokens = nn.Embedding(vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(BLTTransformerLayer.from_config(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            BLTTransformerLayer.from_config(config, i, fuse_at_inference=True) for i in range(config.num_hidden_layers)
+        )
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
         num_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1

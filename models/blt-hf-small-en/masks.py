@@ -119,9 +119,15 @@ class LocalAttentionPlan:
             and bool(new_valid.all())
             and (window is None or window >= self.num_new)
         )
+        # a decoding step: one new byte, and the cache holds only keys within its window; unmasked when none of
+        # them is padding or in another segment
+        self.sees_all_keys = cache is not None and self.num_new == 1 and cache.window == window
+        if self.sees_all_keys:
+            visible = key_valid if key_segments is None else key_valid & (key_segments == key_segments[:, -1:])
+            self.sees_all_keys = bool(visible.all())
         self.use_blocks = not self.is_plain_causal and window is not None and self.num_new > window
         self.mask = None
-        if not self.is_plain_causal and not self.use_blocks:
+        if not self.is_plain_causal and not self.use_blocks and not self.sees_all_keys:
             self.mask = dense_window_mask(self.num_new, self.query_offset, window, key_valid, key_segments)
 
     def __call__(self, q, k, v, layer_idx: int) -> torch.Tensor:
@@ -129,6 +135,8 @@ class LocalAttentionPlan:
             k, v = self.cache.update(layer_idx, k, v)
         if self.is_plain_causal:
             return _sdpa(q, k, v, is_causal=True)
+        if self.sees_all_keys:
+            return _sdpa(q, k, v)
         if self.use_blocks:
             args = (q, k, v, self.query_offset, self.window, self.key_valid, self.key_segments)
             if self.num_new > 2 * self.window:  # long inputs: key blocks are ~3x the keys, keep only q, k, v

@@ -194,7 +194,7 @@ class BLTModel(BLTPreTrainedModel):
                 f"{config.max_position_embeddings}"
             )
         ids = torch.where(valid, input_ids, BOE_ID)  # padding never enters hashes, patching or attention
-        if cache is not None and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+        if cache is not None and length > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             cache.continuable = False
         documents = document_positions = None
         if position_ids is not None:
@@ -205,12 +205,15 @@ class BLTModel(BLTPreTrainedModel):
         starts, next_starts = self._patch_starts(
             ids, positions, valid, patch_lengths, cache, batch, device, documents, document_positions
         )
-        first_byte = valid & ~torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
-        local_patch = (starts & ~first_byte).long().cumsum(1)  # 0 = the patch open when this chunk began
         closes = next_starts & valid
         new_patches = closes.sum(1)  # patches closed in this chunk, per row
         num_new = int(new_patches.max()) if batch else 0
-        decoder_patch = torch.where(valid, local_patch + closes.long(), 0)  # into [current patch, new patches...]
+        if length == 1:  # a decoding step: its byte belongs to the patch open when the step began
+            local_patch, decoder_patch = torch.zeros_like(ids), closes.long()
+        else:
+            first_byte = valid & ~torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+            local_patch = (starts & ~first_byte).long().cumsum(1)  # 0 = the patch open when this chunk began
+            decoder_patch = torch.where(valid, local_patch + closes.long(), 0)  # into [current patch, new ones...]
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
@@ -228,9 +231,9 @@ class BLTModel(BLTPreTrainedModel):
             if cache is not None and cache.open_patch_states is not None
             else (None, None)
         )
-        chunk_patch = torch.where(valid & (local_patch < new_patches[:, None]), local_patch, num_new)
         global_hidden, new_patch_kv = None, None
         if num_new > 0:
+            chunk_patch = torch.where(valid & (local_patch < new_patches[:, None]), local_patch, num_new)
             byte_patch, states = chunk_patch, cross_states
             if open_states is not None:
                 open_patch = torch.where(open_valid & (new_patches[:, None] > 0), 0, num_new)
@@ -257,7 +260,9 @@ class BLTModel(BLTPreTrainedModel):
         )
 
         if cache is not None:
-            self._update_cache(cache, ids, valid, num_bytes, length, local_patch, new_patches, cross_states, patch_kv)
+            self._update_cache(
+                cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
+            )
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
             lengths_out = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), num_bytes)
@@ -320,11 +325,24 @@ class BLTModel(BLTPreTrainedModel):
             for (ck, cv), (nk, nv) in zip(current, new_patch_kv, strict=True)
         ]
 
-    def _update_cache(self, cache, ids, valid, num_bytes, length, local_patch, new_patches, cross_states, patch_kv):
+    def _update_cache(
+        self, cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
+    ):
         cache.seen_tokens += length
         cache.num_bytes = num_bytes
         history = torch.cat((cache.byte_history, ids), dim=1)
         cache.byte_history = history[:, history.shape[1] - cache.byte_history.shape[1] :]
+        if num_new == 0:  # no row closed a patch (most decoding steps): the open patch just grows
+            if cache.open_patch_states is None:
+                cache.open_patch_states, cache.open_patch_valid = list(cross_states), valid
+            else:
+                cache.open_patch_states = [
+                    torch.cat((o, s), dim=1) for o, s in zip(cache.open_patch_states, cross_states, strict=True)
+                ]
+                cache.open_patch_valid = torch.cat((cache.open_patch_valid, valid), dim=1)
+            if cache.current_patch_kv is None:
+                cache.current_patch_kv = patch_kv
+            return
         # the still-open patch: earlier open bytes if nothing closed, plus this chunk's bytes after the last close
         keep_chunk = valid & (local_patch == new_patches[:, None])
         if cache.open_patch_states is not None:

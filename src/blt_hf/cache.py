@@ -115,10 +115,10 @@ class SlidingWindowCache:
             if self.keys[layer_idx] is not None:  # never happens after `begin` relocated every layer
                 raise RuntimeError("cache buffers out of sync")
             self.keys[layer_idx], self.values[layer_idx] = fresh_k, fresh_v
-        self.keys[layer_idx][:, :, self.end : self.end + n] = keys
-        self.values[layer_idx][:, :, self.end : self.end + n] = values
-        visible = slice(self.start, self.end + n)
-        return self.keys[layer_idx][:, :, visible], self.values[layer_idx][:, :, visible]
+        self.keys[layer_idx].narrow(2, self.end, n).copy_(keys)
+        self.values[layer_idx].narrow(2, self.end, n).copy_(values)
+        start, visible = self.start, self.end + n - self.start
+        return self.keys[layer_idx].narrow(2, start, visible), self.values[layer_idx].narrow(2, start, visible)
 
     def select_rows(self, index: torch.Tensor) -> None:
         self._commit()

@@ -39,6 +39,7 @@ def hash_coefficients(group_sizes, num_functions: int) -> torch.Tensor:
 def hash_ngram_ids(
     ids: torch.Tensor, history: torch.Tensor | None, group_sizes, num_functions: int, table_size: int,
     coefficients: torch.Tensor | None = None, documents: torch.Tensor | None = None,
+    table_offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row ids into the fused hash table for every byte: [B, T] -> [B, T, F * G].
 
@@ -55,9 +56,16 @@ def hash_ngram_ids(
         windows = torch.where(same_document, windows, 0)
     if coefficients is None:
         coefficients = hash_coefficients(group_sizes, num_functions).to(ids.device)
-    hashes = (windows[:, :, None, :, None] * coefficients[None, None]).sum(3)  # [B, T, F, G], wraps
-    offsets = torch.arange(num_functions * len(group_sizes), device=ids.device).view(num_functions, -1)
-    return (hashes % table_size + offsets * table_size).flatten(2)
+    hashes = (windows[:, :, None, :, None] * coefficients).sum(3)  # [B, T, F, G], wraps
+    if table_offsets is None:
+        table_offsets = hash_table_offsets(len(group_sizes), num_functions, table_size, ids.device)
+    return (hashes % table_size + table_offsets).flatten(2)
+
+
+def hash_table_offsets(num_group_sizes: int, num_functions: int, table_size: int, device=None) -> torch.Tensor:
+    """[F, G] int64: first row of each (function, n-gram size) table in the fused embedding."""
+    index = torch.arange(num_functions * num_group_sizes, device=device).view(num_functions, num_group_sizes)
+    return index * table_size
 
 
 class BLTHashNgramEmbedding(nn.Embedding):
@@ -66,7 +74,7 @@ class BLTHashNgramEmbedding(nn.Embedding):
     def __init__(self, group_sizes, num_functions: int, table_size: int, embedding_dim: int):
         super().__init__(table_size * num_functions * len(group_sizes), embedding_dim)
         self.group_sizes, self.num_functions, self.table_size = list(group_sizes), num_functions, table_size
-        self._coefficients = {}  # device -> hash_coefficients(...), computed once
+        self._coefficients = {}  # device -> (hash_coefficients(...), hash_table_offsets(...)), computed once
 
     @property
     def history_length(self) -> int:
@@ -78,9 +86,13 @@ class BLTHashNgramEmbedding(nn.Embedding):
         if self.num_functions == 0 or length == 0:
             return self.weight.new_zeros(batch, length, self.embedding_dim)
         if ids.device not in self._coefficients:
-            self._coefficients[ids.device] = hash_coefficients(self.group_sizes, self.num_functions).to(ids.device)
+            self._coefficients[ids.device] = (
+                hash_coefficients(self.group_sizes, self.num_functions).to(ids.device),
+                hash_table_offsets(len(self.group_sizes), self.num_functions, self.table_size, ids.device),
+            )
+        coefficients, table_offsets = self._coefficients[ids.device]
         rows = hash_ngram_ids(
-            ids, history, self.group_sizes, self.num_functions, self.table_size, self._coefficients[ids.device],
-            documents,
+            ids, history, self.group_sizes, self.num_functions, self.table_size, coefficients, documents,
+            table_offsets,
         )
         return F.embedding_bag(rows.reshape(batch * length, -1), self.weight, mode="sum").view(batch, length, -1)

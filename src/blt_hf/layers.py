@@ -12,8 +12,26 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+def call(module: nn.Module, *args):
+    """`module(*args)`, skipping nn.Module's call machinery when no hook is registered (on the module or globally).
+
+    Decoding one byte makes about 150 module calls through the small local stacks, and the machinery costs as much
+    as a small kernel each time; hooked modules (accelerate offloading, FSDP, output recorders) still get the
+    normal call.
+    """
+    if (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
+        or module._compiled_call_impl is not None or torch._C._get_tracing_state()
+    ):
+        return module(*args)
+    return module.forward(*args)
 
 
 def recompute_in_backward(function, *args):
@@ -25,6 +43,32 @@ def recompute_in_backward(function, *args):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
     return function(*args)
+
+
+class ConcatenatedWeights:
+    """`torch.cat` of the weights of some `nn.Linear`s, for running them as one matmul at inference.
+
+    Rebuilt whenever one of the weights changes (an in-place update, a new tensor, a move to another device), so
+    it never serves stale values. Only plain, bias-free `nn.Linear`s without hooks qualify (`of` returns None
+    otherwise): wrapped, quantized, offloaded or sharded layers run as they are.
+    """
+
+    def __init__(self):
+        self._key, self._weight = None, None
+
+    def of(self, linears) -> torch.Tensor | None:
+        key = []
+        for linear in linears:
+            weight = linear.weight
+            if (type(linear) is not nn.Linear or linear.bias is not None or type(weight) is not nn.Parameter
+                    or linear._forward_hooks or linear._forward_pre_hooks):
+                return None
+            key.append((weight.data_ptr(), weight._version, weight.dtype))
+        key = tuple(key)
+        if key != self._key:
+            self._weight = torch.cat([linear.weight.detach() for linear in linears])
+            self._key = key
+        return self._weight
 
 
 class _LeanRMSNorm(torch.autograd.Function):
@@ -56,8 +100,10 @@ class BLTRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        if input_dtype == torch.float32 and self.weight.dtype == torch.float32 and torch.is_grad_enabled():
-            return _LeanRMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+        if input_dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if torch.is_grad_enabled():
+                return _LeanRMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+            return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
         hidden_states = hidden_states.float()
         hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
@@ -88,15 +134,18 @@ class BLTRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, positions: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """positions [B, T] -> rotations e^(i * position * freq) as complex64 [B, T, head_dim / 2]."""
-        angles = positions[..., None].float() * self.inv_freq.to(positions.device)
+        """positions [B, T] -> rotations e^(i * position * freq) as complex64 [B, T, 1, head_dim / 2] (the 1
+        broadcasts over heads)."""
+        angles = positions[..., None, None].float() * self.inv_freq.to(positions.device)
         return torch.polar(torch.full_like(angles, self.attention_scaling), angles)
 
 
 def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, H, T, D] by `rotations` [B, T, D / 2] (complex)."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * rotations[:, None]).flatten(-2).type_as(x)
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, T, H, D] by `rotations` [B, T, 1, D / 2] (complex)."""
+    fp32 = x.dtype == torch.float32
+    pairs = torch.view_as_complex((x if fp32 else x.float()).reshape(*x.shape[:-1], -1, 2))
+    rotated = torch.view_as_real(pairs * rotations).view(x.shape)
+    return rotated if fp32 else rotated.type_as(x)
 
 
 class _LeanSwiGLU(torch.autograd.Function):
@@ -124,26 +173,44 @@ class _LeanSwiGLU(torch.autograd.Function):
 
 
 class BLTMLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
 
-    def __init__(self, hidden_size: int, intermediate_size: int):
+    fuse_at_inference: without autograd, gate and up run as one matmul over a concatenated copy of their weights
+    (fewer, larger kernels for the small local stacks, whose per-byte steps are dominated by per-call overhead).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, fuse_at_inference: bool = False):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.fused_gate_up = ConcatenatedWeights() if fuse_at_inference else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
-                    for m in (self.gate_proj, self.up_proj, self.down_proj))
+        gate, up, down = self.gate_proj, self.up_proj, self.down_proj
+        plain = (type(gate) is nn.Linear and type(up) is nn.Linear and type(down) is nn.Linear
+                 and not (gate._forward_hooks or gate._forward_pre_hooks or up._forward_hooks
+                          or up._forward_pre_hooks or down._forward_hooks or down._forward_pre_hooks))
         if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):  # fp32 training
-            return _LeanSwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return _LeanSwiGLU.apply(x, gate.weight, up.weight, down.weight)
+        fused = None
+        if plain and self.fused_gate_up is not None and not torch.is_grad_enabled():
+            fused = self.fused_gate_up.of((gate, up))
+        if fused is not None:
+            gate_out, up_out = F.linear(x, fused).chunk(2, dim=-1)
+            return call(down, F.silu(gate_out) * up_out)
+        return call(down, F.silu(call(gate, x)) * call(up, x))
 
 
 class BLTSelfAttention(nn.Module):
-    """Multi-head self-attention with GQA and RoPE; masking and caching are the attention plan's job."""
+    """Multi-head self-attention with GQA and RoPE; masking and caching are the attention plan's job.
 
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int):
+    fuse_at_inference: without autograd, q, k and v run as one matmul over a concatenated copy of their weights,
+    and q and k are rotated together.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int,
+                 fuse_at_inference: bool = False):
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = hidden_size // num_heads
@@ -152,39 +219,51 @@ class BLTSelfAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+        self.fused_qkv = ConcatenatedWeights() if fuse_at_inference else None
 
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
-        out = attention_plan(q, k, v, self.layer_idx)  # [B, H, T, D]
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        fused = None
+        if self.fused_qkv is not None and not torch.is_grad_enabled():
+            fused = self.fused_qkv.of((self.q_proj, self.k_proj, self.v_proj))
+        if fused is not None:
+            qk, v = F.linear(hidden_states, fused).view(batch, length, -1, dim).split([heads + kv_heads, kv_heads], 2)
+            q, k = apply_rotary(qk, rotations).split([heads, kv_heads], 2)
+        else:
+            q = apply_rotary(call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
+            k = apply_rotary(call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
+            v = call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
+        out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, T, D]
+        return call(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class BLTTransformerLayer(GradientCheckpointingLayer):
-    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx):
+    fuse_at_inference: see `BLTSelfAttention` and `BLTMLP`; the local stacks turn it on (their weights are small,
+    so the concatenated copies cost little memory), the global transformer does not.
+    """
+
+    def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx,
+                 fuse_at_inference: bool = False):
         super().__init__()
         self.layer_idx = layer_idx
-        self.self_attn = BLTSelfAttention(hidden_size, num_heads, num_kv_heads, layer_idx)
-        self.mlp = BLTMLP(hidden_size, intermediate_size)
+        self.self_attn = BLTSelfAttention(hidden_size, num_heads, num_kv_heads, layer_idx, fuse_at_inference)
+        self.mlp = BLTMLP(hidden_size, intermediate_size, fuse_at_inference)
         self.input_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
         self.post_attention_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
 
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), rotations, attention_plan
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        attention = call(self.self_attn, call(self.input_layernorm, hidden_states), rotations, attention_plan)
+        hidden_states = hidden_states + attention
+        return hidden_states + call(self.mlp, call(self.post_attention_layernorm, hidden_states))
 
     @classmethod
-    def from_config(cls, config, layer_idx: int) -> BLTTransformerLayer:
+    def from_config(cls, config, layer_idx: int, fuse_at_inference: bool = False) -> BLTTransformerLayer:
         return cls(
             config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size, config.rms_norm_eps, layer_idx,
+            config.intermediate_size, config.rms_norm_eps, layer_idx, fuse_at_inference,
         )
 
 
@@ -219,16 +298,16 @@ class BLTCrossAttention(nn.Module):
 
     def _keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states [..., d] -> keys, values [..., H, D] (kv heads repeated up to the query heads)."""
-        states = self.k_norm(states)
+        states = call(self.k_norm, states)
         shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
-        keys, values = self.k_proj(states).view(shape), self.v_proj(states).view(shape)
+        keys, values = call(self.k_proj, states).view(shape), call(self.v_proj, states).view(shape)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             keys, values = keys.repeat_interleave(groups, dim=-2), values.repeat_interleave(groups, dim=-2)
         return keys, values
 
     def _queries(self, states: torch.Tensor) -> torch.Tensor:
-        return self.q_proj(self.q_norm(states)).view(*states.shape[:-1], self.num_heads, self.head_dim)
+        return call(self.q_proj, call(self.q_norm, states)).view(*states.shape[:-1], self.num_heads, self.head_dim)
 
     def forward(self, *inputs, mode: str):
         """Dispatch to one of the three uses; going through `forward` lets module hooks (FSDP unsharding,
@@ -259,7 +338,7 @@ class BLTCrossAttention(nn.Module):
         queries = self._queries(patch_queries)  # [B, P, k, H, D]
         keys, values = self._keys_values(byte_states)  # [B, L, H, D]
         pooled = recompute_in_backward(_pool_bytes_into_patches, queries, keys, values, byte_patch)
-        out = self.o_proj(pooled[:, :num_patches].flatten(-2))
+        out = call(self.o_proj, pooled[:, :num_patches].flatten(-2))
         return out + patch_queries
 
     def patch_keys_values(self, patch_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,7 +354,7 @@ class BLTCrossAttention(nn.Module):
         """
         queries = self._queries(byte_states)  # [B, L, H, D]
         out = recompute_in_backward(_read_patch_slots, queries, patch_keys, patch_values, byte_patch)
-        return self.o_proj(out.flatten(-2)) + byte_states
+        return call(self.o_proj, out.flatten(-2)) + byte_states
 
 
 def _pool_bytes_into_patches(queries, keys, values, byte_patch):
@@ -294,8 +373,11 @@ def _pool_bytes_into_patches(queries, keys, values, byte_patch):
 def _read_patch_slots(queries, patch_keys, patch_values, byte_patch):
     """queries [B, L, H, D] of bytes; patch_keys/values [B, P, k, H, D]; byte_patch [B, L] -> [B, L, H, D]."""
     batch, length = byte_patch.shape
-    index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])
-    keys, values = patch_keys.gather(1, index), patch_values.gather(1, index)  # [B, L, k, H, D]
-    scores = (queries[:, :, None] * keys).sum(-1) * queries.shape[-1] ** -0.5  # [B, L, k, H]
-    weights = torch.softmax(scores.float(), dim=2).to(values.dtype)
-    return (weights[..., None] * values).sum(2)
+    if patch_keys.shape[1] == 1:  # one patch (a decoding step that closed none): every byte reads it
+        keys, values = patch_keys.expand(-1, length, -1, -1, -1), patch_values.expand(-1, length, -1, -1, -1)
+    else:
+        index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])
+        keys, values = patch_keys.gather(1, index), patch_values.gather(1, index)  # [B, L, k, H, D]
+    # one query per byte and head, over the k slots: [B, L, H, 1, D] x [B, L, H, k, D]
+    out = F.scaled_dot_product_attention(queries.unsqueeze(-2), keys.transpose(2, 3), values.transpose(2, 3))
+    return out.squeeze(-2)

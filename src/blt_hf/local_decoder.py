@@ -19,7 +19,9 @@ class BLTLocalDecoder(nn.Module):
     def __init__(self, config: BLTLocalDecoderConfig, global_hidden_size: int, cross_attn_k: int):
         super().__init__()
         self.config, self.cross_attn_k = config, cross_attn_k
-        self.layers = nn.ModuleList(BLTTransformerLayer.from_config(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            BLTTransformerLayer.from_config(config, i, fuse_at_inference=True) for i in range(config.num_hidden_layers)
+        )
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(global_hidden_size, config.hidden_size * cross_attn_k, bias=False)
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
