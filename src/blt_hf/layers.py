@@ -57,16 +57,19 @@ class ConcatenatedWeights:
         self._key, self._weight = None, None
 
     def of(self, linears) -> torch.Tensor | None:
-        key = []
-        for linear in linears:
-            weight = linear.weight
-            if (type(linear) is not nn.Linear or linear.bias is not None or type(weight) is not nn.Parameter
-                    or linear._forward_hooks or linear._forward_pre_hooks):
+        weights, key = [], []
+        for linear in linears:  # runs at every decoding step: plain dict reads, no nn.Module attribute lookups
+            if type(linear) is not nn.Linear or linear._forward_hooks or linear._forward_pre_hooks:
                 return None
+            parameters = linear._parameters
+            weight = parameters["weight"]
+            if type(weight) is not nn.Parameter or parameters["bias"] is not None:
+                return None
+            weights.append(weight)
             key.append((weight.data_ptr(), weight._version, weight.dtype))
         key = tuple(key)
         if key != self._key:
-            self._weight = torch.cat([linear.weight.detach() for linear in linears])
+            self._weight = torch.cat([weight.detach() for weight in weights])
             self._key = key
         return self._weight
 
