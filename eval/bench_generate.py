@@ -145,7 +145,7 @@ def main():
     parser.add_argument("--reference-steps", type=int, default=16,
                         help="full-recompute steps per context: timed (best is kept) and checked equal to blt_hf")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the batched decode rows")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of each decode measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of each decode measurement (best is kept)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 

@@ -1,8 +1,8 @@
 """The shortcuts that make one-byte decoding steps cheap compute exactly what the general paths do.
 
-* local-stack layers at inference run q/k/v and gate/up as single matmuls over concatenated weights: checked
-  against the plain formulas in float64, after in-place weight updates and reloads, and with hooks on the inner
-  linears (which must still run);
+* one-byte decoding steps of the local-stack layers run q/k/v and gate/up as single matmuls over concatenated
+  weights kept by the cache: checked against the plain formulas in float64, with a new cache after in-place
+  weight updates and reloads, and with hooks on the inner linears (which must still run);
 * a decoding step attends to its cached keys without a mask only when all of them are visible;
 * the patching rule's one-byte step equals running the rule over the whole chunk, in every mode.
 """
@@ -26,18 +26,20 @@ class _RopeConfig:
 
 def _layer(seed=0):
     torch.manual_seed(seed)
-    layer = BLTTransformerLayer(HIDDEN, HEADS, KV_HEADS, FFN, 1e-5, layer_idx=0, fuse_at_inference=True).eval()
+    layer = BLTTransformerLayer(HIDDEN, HEADS, KV_HEADS, FFN, 1e-5, layer_idx=0, fused_decoding=True).eval()
     with torch.no_grad():
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
             norm.weight.add_(torch.randn(HIDDEN) * 0.3)
     return layer
 
 
-def _reference(layer, x, positions):
+def _reference(layer, x):
     """The layer's formula in float64, from its separate projection weights: causal attention, no window."""
     w = {name: p.detach().double() for name, p in layer.named_parameters()}
     x = x.double()
     dim = HIDDEN // HEADS
+    batch, length, _ = x.shape
+    positions = torch.arange(length).expand(batch, -1)
 
     def norm(h, weight):
         return weight * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)
@@ -48,7 +50,6 @@ def _reference(layer, x, positions):
         pairs = torch.view_as_complex(t.reshape(*t.shape[:-1], -1, 2).contiguous())
         return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
 
-    batch, length, _ = x.shape
     h = norm(x, w["input_layernorm.weight"])
     q = rope((h @ w["self_attn.q_proj.weight"].T).view(batch, length, HEADS, dim)).transpose(1, 2)
     k = rope((h @ w["self_attn.k_proj.weight"].T).view(batch, length, KV_HEADS, dim)).transpose(1, 2)
@@ -63,39 +64,44 @@ def _reference(layer, x, positions):
     return x + gated @ w["mlp.down_proj.weight"].T
 
 
-def _run(layer, x):
-    positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
-    plan = LocalAttentionPlan(None, torch.ones(x.shape[:2], dtype=torch.bool))
+def _decode(layer, x, prefill=3):
+    """A prefill of `prefill` positions, then one-byte steps through a fresh cache: outputs [B, T, d], cache."""
+    rope = BLTRotaryEmbedding(_RopeConfig())
+    cache = SlidingWindowCache(1, None)
+    outputs = []
     with torch.no_grad():
-        return layer(x, BLTRotaryEmbedding(_RopeConfig())(positions), plan), positions
+        for begin, end in [(0, prefill)] + [(j, j + 1) for j in range(prefill, x.shape[1])]:
+            chunk = x[:, begin:end]
+            positions = torch.arange(begin, end).expand(x.shape[0], -1)
+            plan = LocalAttentionPlan(None, torch.ones(chunk.shape[:2], dtype=torch.bool), cache=cache)
+            outputs.append(layer(chunk, rope(positions), plan))
+    return torch.cat(outputs, 1), cache
 
 
-def test_fused_inference_layer_matches_the_plain_formula():
+def test_fused_decoding_steps_match_the_plain_formula():
     layer = _layer()
-    x = torch.randn(2, 7, HIDDEN)
-    out, positions = _run(layer, x)
-    assert layer.self_attn.fused_qkv._weight is not None and layer.mlp.fused_gate_up._weight is not None
-    torch.testing.assert_close(out.double(), _reference(layer, x, positions), atol=1e-5, rtol=0)
+    x = torch.randn(2, 9, HIDDEN)
+    out, cache = _decode(layer, x)
+    assert cache.step_weights[0] is not None  # the steps ran fused
+    torch.testing.assert_close(out.double(), _reference(layer, x), atol=1e-5, rtol=0)
 
 
-def test_fused_weights_follow_in_place_updates_and_reloads():
+def test_a_new_cache_decodes_with_the_current_weights():
     layer = _layer()
-    x = torch.randn(1, 5, HIDDEN)
-    _run(layer, x)  # builds the concatenated copies
+    x = torch.randn(1, 6, HIDDEN)
+    _decode(layer, x)
     with torch.no_grad():  # an optimizer-style in-place update of one projection of each fused group
         layer.self_attn.k_proj.weight.mul_(-2.0)
         layer.mlp.up_proj.weight.add_(0.5)
-    out, positions = _run(layer, x)
-    torch.testing.assert_close(out.double(), _reference(layer, x, positions), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_decode(layer, x)[0].double(), _reference(layer, x), atol=1e-5, rtol=0)
     layer.load_state_dict(_layer(seed=1).state_dict())  # a reload
-    out, positions = _run(layer, x)
-    torch.testing.assert_close(out.double(), _reference(layer, x, positions), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_decode(layer, x)[0].double(), _reference(layer, x), atol=1e-5, rtol=0)
 
 
-def test_hooks_on_inner_linears_still_run_at_inference():
+def test_hooks_on_inner_linears_still_run_in_decoding_steps():
     layer = _layer()
-    x = torch.randn(1, 4, HIDDEN)
-    plain, _ = _run(layer, x)
+    x = torch.randn(1, 5, HIDDEN)
+    plain, _ = _decode(layer, x)
     calls = []
 
     def silence(module, inputs, output):
@@ -104,10 +110,11 @@ def test_hooks_on_inner_linears_still_run_at_inference():
 
     handles = [layer.self_attn.v_proj.register_forward_hook(silence),
                layer.mlp.up_proj.register_forward_hook(silence)]
-    hooked, _ = _run(layer, x)
+    hooked, cache = _decode(layer, x, prefill=3)
     for handle in handles:
         handle.remove()
-    assert calls == [layer.self_attn.v_proj, layer.mlp.up_proj]
+    assert cache.step_weights[0] is None  # hooked layers take the general path
+    assert calls == [layer.self_attn.v_proj, layer.mlp.up_proj] * 3  # the prefill and both one-byte steps
     # zero values and a zero "up" branch leave only the residual stream
     torch.testing.assert_close(hooked, x, atol=1e-6, rtol=0)
     assert not torch.allclose(plain, x, atol=1e-3)

@@ -31,6 +31,7 @@ class SlidingWindowCache:
         self._segments: torch.Tensor | None = None  # [B, capacity] segment of each position
         self.start = self.end = 0  # live span of the buffers
         self._pending = 0  # positions written by the current call, committed at the next `begin`
+        self.step_weights: dict[int, tuple | None] = {}  # per layer: fused weights of one-byte steps (layers.py)
 
     def _commit(self) -> None:
         if self._pending:

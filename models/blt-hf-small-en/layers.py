@@ -17,21 +17,24 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling `module` runs anything besides its forward (hooks on it or global ones, compile, tracing)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
+        or module._compiled_call_impl is not None or torch._C._get_tracing_state()
+    )
+
+
 def call(module: nn.Module, *args):
-    """`module(*args)`, skipping nn.Module's call machinery when no hook is registered (on the module or globally).
+    """`module(*args)`, skipping nn.Module's call machinery when nothing hooks the module.
 
     Decoding one byte makes about 150 module calls through the small local stacks, and the machinery costs as much
     as a small kernel each time; hooked modules (accelerate offloading, FSDP, output recorders) still get the
     normal call.
     """
-    if (
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
-        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
-        or module._compiled_call_impl is not None or torch._C._get_tracing_state()
-    ):
-        return module(*args)
-    return module.forward(*args)
+    return module(*args) if has_hooks(module) else module.forward(*args)
 
 
 def recompute_in_backward(function, *args):
@@ -43,32 +46,6 @@ def recompute_in_backward(function, *args):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
     return function(*args)
-
-
-class ConcatenatedWeights:
-    """`torch.cat` of the weights of some `nn.Linear`s, for running them as one matmul at inference.
-
-    Rebuilt whenever one of the weights changes (an in-place update, a new tensor, a move to another device), so
-    it never serves stale values. Only plain, bias-free `nn.Linear`s without hooks qualify (`of` returns None
-    otherwise): wrapped, quantized, offloaded or sharded layers run as they are.
-    """
-
-    def __init__(self):
-        self._key, self._weight = None, None
-
-    def of(self, linears) -> torch.Tensor | None:
-        key = []
-        for linear in linears:
-            weight = linear.weight
-            if (type(linear) is not nn.Linear or linear.bias is not None or type(weight) is not nn.Parameter
-                    or linear._forward_hooks or linear._forward_pre_hooks):
-                return None
-            key.append((weight.data_ptr(), weight._version, weight.dtype))
-        key = tuple(key)
-        if key != self._key:
-            self._weight = torch.cat([linear.weight.detach() for linear in linears])
-            self._key = key
-        return self._weight
 
 
 class _LeanRMSNorm(torch.autograd.Function):
@@ -173,18 +150,13 @@ class _LeanSwiGLU(torch.autograd.Function):
 
 
 class BLTMLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    fuse_at_inference: without autograd, gate and up run as one matmul over a concatenated copy of their weights
-    (fewer, larger kernels for the small local stacks, whose per-byte steps are dominated by per-call overhead).
-    """
-
-    def __init__(self, hidden_size: int, intermediate_size: int, fuse_at_inference: bool = False):
+    def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-        self.fused_gate_up = ConcatenatedWeights() if fuse_at_inference else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up, down = self.gate_proj, self.up_proj, self.down_proj
@@ -193,24 +165,13 @@ class BLTMLP(nn.Module):
                           or up._forward_pre_hooks or down._forward_hooks or down._forward_pre_hooks))
         if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):  # fp32 training
             return _LeanSwiGLU.apply(x, gate.weight, up.weight, down.weight)
-        fused = None
-        if plain and self.fused_gate_up is not None and not torch.is_grad_enabled():
-            fused = self.fused_gate_up.of((gate, up))
-        if fused is not None:
-            gate_out, up_out = F.linear(x, fused).chunk(2, dim=-1)
-            return call(down, F.silu(gate_out) * up_out)
         return call(down, F.silu(call(gate, x)) * call(up, x))
 
 
 class BLTSelfAttention(nn.Module):
-    """Multi-head self-attention with GQA and RoPE; masking and caching are the attention plan's job.
+    """Multi-head self-attention with GQA and RoPE; masking and caching are the attention plan's job."""
 
-    fuse_at_inference: without autograd, q, k and v run as one matmul over a concatenated copy of their weights,
-    and q and k are rotated together.
-    """
-
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int,
-                 fuse_at_inference: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int):
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = hidden_size // num_heads
@@ -219,21 +180,13 @@ class BLTSelfAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
-        self.fused_qkv = ConcatenatedWeights() if fuse_at_inference else None
 
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        fused = None
-        if self.fused_qkv is not None and not torch.is_grad_enabled():
-            fused = self.fused_qkv.of((self.q_proj, self.k_proj, self.v_proj))
-        if fused is not None:
-            qk, v = F.linear(hidden_states, fused).view(batch, length, -1, dim).split([heads + kv_heads, kv_heads], 2)
-            q, k = apply_rotary(qk, rotations).split([heads, kv_heads], 2)
-        else:
-            q = apply_rotary(call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
-            k = apply_rotary(call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
-            v = call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
+        q = apply_rotary(call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
+        k = apply_rotary(call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
+        v = call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
         out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, T, D]
         return call(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -241,29 +194,73 @@ class BLTSelfAttention(nn.Module):
 class BLTTransformerLayer(GradientCheckpointingLayer):
     """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    fuse_at_inference: see `BLTSelfAttention` and `BLTMLP`; the local stacks turn it on (their weights are small,
-    so the concatenated copies cost little memory), the global transformer does not.
+    fused_decoding (the local stacks): a one-byte step continuing a `SlidingWindowCache`, without autograd, runs
+    q/k/v and gate/up as single matmuls over concatenated copies of their weights. The copies are made at the
+    cache's first step and kept by the cache, so weights and hooks are read once per generation; layers with hooks,
+    biases or wrapped linears take the general path.
     """
 
     def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx,
-                 fuse_at_inference: bool = False):
+                 fused_decoding: bool = False):
         super().__init__()
-        self.layer_idx = layer_idx
-        self.self_attn = BLTSelfAttention(hidden_size, num_heads, num_kv_heads, layer_idx, fuse_at_inference)
-        self.mlp = BLTMLP(hidden_size, intermediate_size, fuse_at_inference)
+        self.layer_idx, self.fused_decoding = layer_idx, fused_decoding
+        self.self_attn = BLTSelfAttention(hidden_size, num_heads, num_kv_heads, layer_idx)
+        self.mlp = BLTMLP(hidden_size, intermediate_size)
         self.input_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
         self.post_attention_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
 
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
+        weights = self._decoding_step_weights(hidden_states, attention_plan)
+        if weights is not None:
+            return self._decoding_step(hidden_states, rotations, attention_plan, weights)
         attention = call(self.self_attn, call(self.input_layernorm, hidden_states), rotations, attention_plan)
         hidden_states = hidden_states + attention
         return hidden_states + call(self.mlp, call(self.post_attention_layernorm, hidden_states))
 
+    def _decoding_step_weights(self, hidden_states, attention_plan):
+        """(qkv, o, gate_up, down) weights for a fused one-byte step, or None for the general path."""
+        if not self.fused_decoding or hidden_states.shape[1] != 1 or torch.is_grad_enabled():
+            return None
+        prepared = getattr(attention_plan.cache, "step_weights", None)
+        if prepared is None:
+            return None
+        if self.layer_idx not in prepared:
+            prepared[self.layer_idx] = self._fuse_step_weights()
+        return prepared[self.layer_idx]
+
+    def _fuse_step_weights(self):
+        attention, mlp = self.self_attn, self.mlp
+        norms = (self.input_layernorm, self.post_attention_layernorm)
+        linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                   mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if (type(attention) is not BLTSelfAttention or type(mlp) is not BLTMLP
+                or any(type(norm) is not BLTRMSNorm for norm in norms)
+                or any(type(linear) is not nn.Linear or linear.bias is not None for linear in linears)
+                or any(has_hooks(module) for module in (attention, mlp, *norms, *linears))):
+            return None
+        q, k, v, o, gate, up, down = (linear.weight.detach() for linear in linears)
+        return torch.cat((q, k, v)), o, torch.cat((gate, up)), down
+
+    def _decoding_step(self, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
+        """`forward` for one byte per row, on fused weights (same formulas as the general path)."""
+        qkv_weight, o_weight, gate_up_weight, down_weight = weights
+        heads, kv_heads, dim = self.self_attn.num_heads, self.self_attn.num_kv_heads, self.self_attn.head_dim
+        batch = hidden_states.shape[0]
+        normed = BLTRMSNorm.forward(self.input_layernorm, hidden_states)
+        qkv = F.linear(normed, qkv_weight).view(batch, 1, heads + 2 * kv_heads, dim)
+        qk, v = qkv.split((heads + kv_heads, kv_heads), dim=2)
+        q, k = apply_rotary(qk, rotations).split((heads, kv_heads), dim=2)
+        out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
+        hidden_states = hidden_states + F.linear(out.transpose(1, 2).reshape(batch, 1, heads * dim), o_weight)
+        normed = BLTRMSNorm.forward(self.post_attention_layernorm, hidden_states)
+        gate, up = F.linear(normed, gate_up_weight).chunk(2, dim=-1)
+        return hidden_states + F.linear(F.silu(gate) * up, down_weight)
+
     @classmethod
-    def from_config(cls, config, layer_idx: int, fuse_at_inference: bool = False) -> BLTTransformerLayer:
+    def from_config(cls, config, layer_idx: int, fused_decoding: bool = False) -> BLTTransformerLayer:
         return cls(
             config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size, config.rms_norm_eps, layer_idx, fuse_at_inference,
+            config.intermediate_size, config.rms_norm_eps, layer_idx, fused_decoding,
         )
 
 

@@ -29,7 +29,7 @@ class BLTLocalEncoder(nn.Module):
         self.config, self.cross_attn_k = config, cross_attn_k
         self.embed_tokens = nn.Embedding(vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            BLTTransformerLayer.from_config(config, i, fuse_at_inference=True) for i in range(config.num_hidden_layers)
+            BLTTransformerLayer.from_config(config, i, fused_decoding=True) for i in range(config.num_hidden_layers)
         )
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)

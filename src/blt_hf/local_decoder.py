@@ -20,7 +20,7 @@ class BLTLocalDecoder(nn.Module):
         super().__init__()
         self.config, self.cross_attn_k = config, cross_attn_k
         self.layers = nn.ModuleList(
-            BLTTransformerLayer.from_config(config, i, fuse_at_inference=True) for i in range(config.num_hidden_layers)
+            BLTTransformerLayer.from_config(config, i, fused_decoding=True) for i in range(config.num_hidden_layers)
         )
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(global_hidden_size, config.hidden_size * cross_attn_k, bias=False)

@@ -49,7 +49,7 @@ class BLTPatcher(BLTPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            BLTTransformerLayer.from_config(config, i, fuse_at_inference=True) for i in range(config.num_hidden_layers)
+            BLTTransformerLayer.from_config(config, i, fused_decoding=True) for i in range(config.num_hidden_layers)
         )
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
