@@ -371,10 +371,10 @@ def _read_patch_slots(queries, patch_keys, patch_values, byte_patch):
     """queries [B, L, H, D] of bytes; patch_keys/values [B, P, k, H, D]; byte_patch [B, L] -> [B, L, H, D]."""
     batch, length = byte_patch.shape
     if patch_keys.shape[1] == 1:  # one patch (a decoding step that closed none): every byte reads it
-        keys, values = patch_keys.expand(-1, length, -1, -1, -1), patch_values.expand(-1, length, -1, -1, -1)
+        keys, values = patch_keys, patch_values
     else:
         index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])
         keys, values = patch_keys.gather(1, index), patch_values.gather(1, index)  # [B, L, k, H, D]
-    # one query per byte and head, over the k slots: [B, L, H, 1, D] x [B, L, H, k, D]
-    out = F.scaled_dot_product_attention(queries.unsqueeze(-2), keys.transpose(2, 3), values.transpose(2, 3))
-    return out.squeeze(-2)
+    scores = (queries[:, :, None] * keys).sum(-1) * queries.shape[-1] ** -0.5  # [B, L, k, H]
+    weights = torch.softmax(scores, dim=2, dtype=torch.float32).to(values.dtype)
+    return (weights[..., None] * values).sum(2)
