@@ -133,11 +133,7 @@ class PatchingRule:
         candidates = torch.where(rule_next, positions + 1, -1)
         with_state = torch.cat((state.rule_patch_start[:, None], candidates), dim=1)
         rule_start_at_next = torch.cummax(with_state, dim=1).values[:, 1:]
-        next_starts = rule_next
-        if self.max_patch_length is not None:
-            offset = positions + 1 - rule_start_at_next
-            forced = (offset > 0) & (offset % self.max_patch_length == 0)
-            next_starts = (rule_next | forced) & valid
+        next_starts = self._split_long_patches(rule_next, positions, rule_start_at_next, valid)
         starts = _previous(next_starts, valid, state.pending_start) & valid
         new_state = PatchingState(
             pending_start=_last_valid(next_starts, valid, state.pending_start),
@@ -148,6 +144,13 @@ class PatchingRule:
         return starts, next_starts, new_state
 
 
+    def _split_long_patches(self, rule_next, positions, rule_start_at_next, valid):
+        """next_starts: the rule's starts plus a start every `max_patch_length` bytes from each rule start."""
+        if self.max_patch_length is None:
+            return rule_next
+        offset = positions + 1 - rule_start_at_next
+        return (rule_next | ((offset > 0) & (offset % self.max_patch_length == 0))) & valid
+
     def _step(self, positions, valid, ids, entropies, state: PatchingState):
         """`__call__` for one byte per row (a decoding step), in a fraction of the kernels: the previous real byte
         is the carried state, and each row's last real byte is the new one where it is real."""
@@ -155,10 +158,7 @@ class PatchingRule:
             positions, ids, state.prev_id[:, None], entropies, state.prev_entropy[:, None]
         ) & valid
         rule_start_at_next = torch.maximum(state.rule_patch_start[:, None], torch.where(rule_next, positions + 1, -1))
-        next_starts = rule_next
-        if self.max_patch_length is not None:
-            offset = positions + 1 - rule_start_at_next
-            next_starts = (rule_next | ((offset > 0) & (offset % self.max_patch_length == 0))) & valid
+        next_starts = self._split_long_patches(rule_next, positions, rule_start_at_next, valid)
         real = valid[:, 0]
         new_state = PatchingState(
             pending_start=torch.where(real, next_starts[:, 0], state.pending_start),

@@ -160,9 +160,8 @@ class BLTMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up, down = self.gate_proj, self.up_proj, self.down_proj
-        plain = (type(gate) is nn.Linear and type(up) is nn.Linear and type(down) is nn.Linear
-                 and not (gate._forward_hooks or gate._forward_pre_hooks or up._forward_hooks
-                          or up._forward_pre_hooks or down._forward_hooks or down._forward_pre_hooks))
+        plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+                    for m in (gate, up, down))
         if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):  # fp32 training
             return _LeanSwiGLU.apply(x, gate.weight, up.weight, down.weight)
         return call(down, F.silu(call(gate, x)) * call(up, x))
