@@ -1,8 +1,12 @@
 """The shortcuts that make one-byte decoding steps cheap compute exactly what the general paths do.
 
 * one-byte decoding steps of the local-stack layers run q/k/v and gate/up as single matmuls over concatenated
-  weights kept by the cache: checked against the plain formulas in float64, with a new cache after in-place
-  weight updates and reloads, and with hooks on the inner linears (which must still run);
+  weights kept by the cache (RMSNorm weights folded in): checked against the plain formulas in float64, with a new
+  cache after in-place weight updates and reloads, with hooks on the inner linears (which must still run) and in
+  float64 (which takes the general path);
+* a decoding byte reads its patch's k slots through two small matrices folded from the slots and the
+  cross-attention's weights: equal to the cross-attention's plain formulas, refused under hooks and other dtypes,
+  and used by real decoding;
 * a decoding step attends to its cached keys without a mask only when all of them are visible;
 * the patching rule's one-byte step equals running the rule over the whole chunk, in every mode.
 """
@@ -13,8 +17,9 @@ import torch.nn.functional as F
 
 from blt_hf import PatchingRule
 from blt_hf.cache import PatchingState, SlidingWindowCache
-from blt_hf.layers import BLTRotaryEmbedding, BLTTransformerLayer
+from blt_hf.layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
 from blt_hf.masks import LocalAttentionPlan, dense_window_mask
+from tests.utils import random_ids, tiny_model
 
 HIDDEN, HEADS, KV_HEADS, FFN = 32, 4, 2, 48
 
@@ -118,6 +123,82 @@ def test_hooks_on_inner_linears_still_run_in_decoding_steps():
     # zero values and a zero "up" branch leave only the residual stream
     torch.testing.assert_close(hooked, x, atol=1e-6, rtol=0)
     assert not torch.allclose(plain, x, atol=1e-3)
+
+
+def test_float64_layers_decode_through_the_general_path():
+    layer = _layer().double()
+    x = torch.randn(2, 6, HIDDEN, dtype=torch.float64)
+    out, cache = _decode(layer, x)
+    assert cache.step_weights == {}  # the fused step is fp32 only
+    torch.testing.assert_close(out, _reference(layer, x), atol=1e-6, rtol=0)  # rotations are complex64
+
+
+def _cross_attention(seed=0):
+    torch.manual_seed(seed)
+    cross = BLTCrossAttention(HIDDEN, HEADS, KV_HEADS, 1e-5).eval()
+    with torch.no_grad():
+        for norm in (cross.q_norm, cross.k_norm):
+            norm.weight.add_(torch.randn(HIDDEN) * 0.3)
+    return cross
+
+
+def test_slot_readout_gives_the_cross_attention_output():
+    cross, slots = _cross_attention(), 3
+    with torch.no_grad():
+        keys, values = cross.patch_keys_values(torch.randn(4, 1, slots, HIDDEN) * 2)  # one patch per row
+        byte_states = torch.randn(4, 1, HIDDEN) * 3
+        readout = cross.slot_readout(keys, values)
+        expected = byte_states + cross.bytes_from_patches(byte_states, keys, values, torch.zeros(4, 1).long())
+        torch.testing.assert_close(BLTCrossAttention.read_slots(byte_states, readout), expected, atol=2e-5, rtol=0)
+
+
+def test_slot_readout_is_refused_under_hooks_and_for_other_dtypes():
+    cross = _cross_attention()
+    keys, values = cross.patch_keys_values(torch.randn(1, 1, 2, HIDDEN))
+    handle = cross.o_proj.register_forward_hook(lambda *args: None)
+    assert cross.slot_readout(keys, values) is None
+    handle.remove()
+    assert cross.slot_readout(keys, values) is not None
+    assert cross.double().slot_readout(keys.double(), values.double()) is None
+
+
+def test_decoding_reads_patches_through_slot_readouts_unless_the_decoder_is_hooked():
+    model = tiny_model(seed=3, patching_mode="static", patch_size=3)
+    ids = random_ids(10, seed=4)
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+        assert plain.past_key_values.current_patch_readouts is not None
+        modes = []
+        hook = model.model.local_decoder.cross_attn_layers[0].register_forward_hook(
+            lambda module, args, kwargs, output: modes.append(kwargs["mode"]), with_kwargs=True
+        )
+        hooked = model.generate(ids, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+        hook.remove()
+    assert hooked.past_key_values.current_patch_readouts is None
+    assert modes.count("bytes_from_patches") == 8  # the prefill and the seven one-byte steps ran the module
+    assert torch.equal(hooked.sequences, plain.sequences)
+
+
+def test_autocast_decoding_takes_the_general_paths():
+    model = tiny_model(seed=3, patching_mode="static", patch_size=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.generate(random_ids(6, seed=4), max_new_tokens=3, do_sample=False,
+                               return_dict_in_generate=True).past_key_values
+    assert cache.current_patch_readouts is None
+    assert cache.encoder.step_weights == {} and cache.decoder.step_weights == {}
+
+
+def test_a_reordered_cache_reads_each_row_its_own_patch():
+    model = tiny_model(seed=5, patching_mode="static", patch_size=2)
+    ids = torch.cat((random_ids(9, seed=1), random_ids(9, seed=2)))
+    swapped = ids.flip(0)
+    with torch.no_grad():
+        cache = model(ids[:, :6], use_cache=True).past_key_values
+        model(ids[:, 6:7], past_key_values=cache, use_cache=True)  # closes patch 5-6: readouts of both rows
+        cache.reorder_cache(torch.tensor([1, 0]))
+        continued = model(swapped[:, 7:8], past_key_values=cache, use_cache=True).logits  # closes nothing
+        full = model(swapped, use_cache=False).logits[:, 7:8]
+    torch.testing.assert_close(continued, full, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("padded", [False, True])

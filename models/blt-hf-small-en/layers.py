@@ -125,6 +125,11 @@ def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return rotated if fp32 else rotated.type_as(x)
 
 
+def rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """rsqrt(mean(x^2) + eps) of each row of x [B, 1, d], as [B, 1, 1]: one batched matmul and one rsqrt."""
+    return torch.baddbmm(eps, x, x.mT, alpha=1 / x.shape[-1]).rsqrt_()
+
+
 class _LeanSwiGLU(torch.autograd.Function):
     """down(silu(x W_gate^T) * (x W_up^T)), saving x and the two projections only: the SiLU and the product are
     recomputed in backward (same matmuls, half the activation memory)."""
@@ -193,10 +198,10 @@ class BLTSelfAttention(nn.Module):
 class BLTTransformerLayer(GradientCheckpointingLayer):
     """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    fused_decoding (the local stacks): a one-byte step continuing a `SlidingWindowCache`, without autograd, runs
-    q/k/v and gate/up as single matmuls over concatenated copies of their weights. The copies are made at the
-    cache's first step and kept by the cache, so weights and hooks are read once per generation; layers with hooks,
-    biases or wrapped linears take the general path.
+    fused_decoding (the local stacks): a one-byte fp32 step continuing a `SlidingWindowCache`, without autograd,
+    runs q/k/v and gate/up as single matmuls over concatenated copies of their weights (RMSNorm weights folded in).
+    The copies are made at the cache's first step and kept by the cache, so weights and hooks are read once per
+    generation; layers with hooks, biases, wrapped linears, other dtypes or autocast take the general path.
     """
 
     def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx,
@@ -217,8 +222,9 @@ class BLTTransformerLayer(GradientCheckpointingLayer):
         return hidden_states + call(self.mlp, call(self.post_attention_layernorm, hidden_states))
 
     def _decoding_step_weights(self, hidden_states, attention_plan):
-        """(qkv, o, gate_up, down) weights for a fused one-byte step, or None for the general path."""
-        if not self.fused_decoding or hidden_states.shape[1] != 1 or torch.is_grad_enabled():
+        """Prepared weights for a fused one-byte step (see `_fuse_step_weights`), or None for the general path."""
+        if (not self.fused_decoding or hidden_states.shape[1] != 1 or hidden_states.dtype != torch.float32
+                or torch.is_grad_enabled() or torch.is_autocast_enabled(hidden_states.device.type)):
             return None
         prepared = getattr(attention_plan.cache, "step_weights", None)
         if prepared is None:
@@ -228,6 +234,8 @@ class BLTTransformerLayer(GradientCheckpointingLayer):
         return prepared[self.layer_idx]
 
     def _fuse_step_weights(self):
+        """Transposed (qkv, o, gate_up, down) weights with the RMSNorm weights folded into qkv and gate_up, and eps;
+        None (general path) for non-fp32 weights, hooks, biases or wrapped modules."""
         attention, mlp = self.self_attn, self.mlp
         norms = (self.input_layernorm, self.post_attention_layernorm)
         linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
@@ -235,25 +243,33 @@ class BLTTransformerLayer(GradientCheckpointingLayer):
         if (type(attention) is not BLTSelfAttention or type(mlp) is not BLTMLP
                 or any(type(norm) is not BLTRMSNorm for norm in norms)
                 or any(type(linear) is not nn.Linear or linear.bias is not None for linear in linears)
-                or any(has_hooks(module) for module in (attention, mlp, *norms, *linears))):
+                or any(p.dtype != torch.float32 for m in (*norms, *linears) for p in m.parameters())
+                or any(has_hooks(module) for module in (attention, mlp, *norms, *linears))
+                or norms[0].variance_epsilon != norms[1].variance_epsilon):
             return None
         q, k, v, o, gate, up, down = (linear.weight.detach() for linear in linears)
-        return torch.cat((q, k, v)), o, torch.cat((gate, up)), down
+        attention_norm, mlp_norm = (norm.weight.detach() for norm in norms)
+        eps = torch.tensor(norms[0].variance_epsilon, device=q.device)
+        qkv, gate_up = torch.cat((q, k, v)) * attention_norm, torch.cat((gate, up)) * mlp_norm
+        return qkv.t(), o.t(), gate_up.t(), down.t(), eps
 
     def _decoding_step(self, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
-        """`forward` for one byte per row, on fused weights (same formulas as the general path)."""
-        qkv_weight, o_weight, gate_up_weight, down_weight = weights
+        """`forward` for one fp32 byte per row [B, 1, d], in as few kernels as the formulas allow: each RMSNorm is a
+        per-row scale (its weight lives in the next matmul) and the residual adds ride on the output matmuls."""
+        qkv_t, o_t, gate_up_t, down_t, eps = weights
         heads, kv_heads, dim = self.self_attn.num_heads, self.self_attn.num_kv_heads, self.self_attn.head_dim
-        batch = hidden_states.shape[0]
-        normed = BLTRMSNorm.forward(self.input_layernorm, hidden_states)
-        qkv = F.linear(normed, qkv_weight).view(batch, 1, heads + 2 * kv_heads, dim)
-        qk, v = qkv.split((heads + kv_heads, kv_heads), dim=2)
-        q, k = apply_rotary(qk, rotations).split((heads, kv_heads), dim=2)
-        out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
-        hidden_states = hidden_states + F.linear(out.transpose(1, 2).reshape(batch, 1, heads * dim), o_weight)
-        normed = BLTRMSNorm.forward(self.post_attention_layernorm, hidden_states)
-        gate, up = F.linear(normed, gate_up_weight).chunk(2, dim=-1)
-        return hidden_states + F.linear(F.silu(gate) * up, down_weight)
+        batch, _, width = hidden_states.shape
+        qkv = torch.mm((hidden_states * rms_scale(hidden_states, eps)).view(batch, width), qkv_t)
+        rotary = (heads + kv_heads) * dim
+        qk = torch.view_as_complex(qkv[:, :rotary].view(batch, heads + kv_heads, dim // 2, 2))
+        qk = torch.view_as_real(qk * rotations.view(batch, 1, dim // 2))
+        q, k = qk[:, :heads].view(batch, heads, 1, dim), qk[:, heads:].view(batch, kv_heads, 1, dim)
+        out = attention_plan(q, k, qkv[:, rotary:].view(batch, kv_heads, 1, dim), self.layer_idx)
+        hidden = torch.addmm(hidden_states.view(batch, width), out.view(batch, heads * dim), o_t)
+        gate_up = torch.mm(hidden * rms_scale(hidden.view(batch, 1, width), eps).view(batch, 1), gate_up_t)
+        inner = gate_up.shape[1] // 2
+        activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
+        return torch.addmm(hidden, activated, down_t).view(batch, 1, width)
 
     @classmethod
     def from_config(cls, config, layer_idx: int, fused_decoding: bool = False) -> BLTTransformerLayer:
@@ -351,6 +367,39 @@ class BLTCrossAttention(nn.Module):
         queries = self._queries(byte_states)  # [B, L, H, D]
         out = recompute_in_backward(_read_patch_slots, queries, patch_keys, patch_values, byte_patch)
         return call(self.o_proj, out.flatten(-2)) + byte_states
+
+    def slot_readout(self, patch_keys: torch.Tensor, patch_values: torch.Tensor):
+        """One patch per row (keys/values [B, 1, k, H, D]) folded into the matrices of `read_slots`, or None when
+        the plain formulas must run (hooks, biases, wrapped modules, non-fp32 weights).
+
+        A byte's scores are linear in its normed state and its output linear in the slot weights, so q_norm's
+        weight, q_proj and the 1/sqrt(D) scale fold into scores = x_normed @ U (U [B, d, k * H]) and values and
+        o_proj into out = weights @ Z (Z [B, k * H, d]): per byte, two small matmuls instead of two d x d ones.
+        """
+        projections = (self.q_proj, self.o_proj)
+        if (any(type(linear) is not nn.Linear or linear.bias is not None for linear in projections)
+                or type(self.q_norm) is not BLTRMSNorm
+                or any(p.dtype != torch.float32 for m in (self.q_norm, *projections) for p in m.parameters())
+                or any(has_hooks(module) for module in (self, self.q_norm, *projections))):
+            return None
+        batch, _, slots, heads, dim = patch_keys.shape
+        width = self.q_proj.in_features
+        q_weight = self.q_proj.weight.detach().view(heads, dim, width) * (self.q_norm.weight.detach() * dim**-0.5)
+        score_matrix = torch.einsum("hfe,bkhf->bekh", q_weight, patch_keys[:, 0]).reshape(batch, width, -1)
+        o_weight = self.o_proj.weight.detach().view(width, heads, dim)
+        output_matrix = torch.einsum("ehf,bkhf->bkhe", o_weight, patch_values[:, 0]).reshape(batch, -1, width)
+        eps = torch.tensor(self.q_norm.variance_epsilon, device=patch_keys.device)
+        return score_matrix, output_matrix, eps, slots
+
+    @staticmethod
+    def read_slots(byte_states: torch.Tensor, readout) -> torch.Tensor:
+        """One byte per row [B, 1, d] reads its patch through a `slot_readout`; returns
+        byte_states + bytes_from_patches(byte_states, ...) (the doubled residual included)."""
+        score_matrix, output_matrix, eps, slots = readout
+        batch = byte_states.shape[0]
+        scores = torch.bmm(byte_states * rms_scale(byte_states, eps), score_matrix)  # [B, 1, k * H]
+        weights = torch.softmax(scores.view(batch, slots, -1), dim=1)  # over the k slots, per head
+        return torch.baddbmm(byte_states, weights.view(batch, 1, -1), output_matrix, beta=2)
 
 
 def _pool_bytes_into_patches(queries, keys, values, byte_patch):

@@ -34,8 +34,16 @@ class BLTLocalDecoder(nn.Module):
         slots = slots.view(*slots.shape[:2], self.cross_attn_k, self.config.hidden_size)
         return [cross_attention(slots, mode="patch_keys_values") for cross_attention in self.cross_attn_layers]
 
-    def forward(self, byte_states, positions, attention_plan, patch_kv, byte_patch, output_hidden_states=False):
+    def slot_readouts(self, patch_kv) -> list | None:
+        """Per cross-attention layer, the `slot_readout` of one patch per row (one-byte decoding), or None."""
+        readouts = [cross_attention.slot_readout(keys, values)
+                    for (keys, values), cross_attention in zip(patch_kv, self.cross_attn_layers, strict=True)]
+        return None if any(readout is None for readout in readouts) else readouts
+
+    def forward(self, byte_states, positions, attention_plan, patch_kv, byte_patch, output_hidden_states=False,
+                slot_readouts=None):
         """byte_states [B, n, d] (the encoder's); byte_patch [B, n] indexes the patches of `patch_kv`.
+        slot_readouts (one byte per row, no autograd): `slot_readouts(patch_kv)`, read instead of `patch_kv`.
 
         Returns normed states [B, n, d] (and every layer's output if asked).
         """
@@ -43,7 +51,9 @@ class BLTLocalDecoder(nn.Module):
         rotations = self.rotary_emb(positions)
         all_states = [hidden] if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
-            if idx < len(self.cross_attn_layers):
+            if idx < len(self.cross_attn_layers) and slot_readouts is not None:
+                hidden = BLTCrossAttention.read_slots(hidden, slot_readouts[idx])
+            elif idx < len(self.cross_attn_layers):
                 keys, values = patch_kv[idx]
                 # the module returns attention + bytes; adding the bytes again is the released residual
                 cross_attention = self.cross_attn_layers[idx]

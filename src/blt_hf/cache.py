@@ -222,6 +222,7 @@ class BLTCache:
         self.open_patch_states: list[torch.Tensor] | None = None  # per encoder cross layer [B, o, d]
         self.open_patch_valid: torch.Tensor | None = None  # [B, o]
         self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
+        self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
         self.continuable = True  # False once a row had padding after real bytes (right padding)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -255,6 +256,7 @@ class BLTCache:
         if self.current_patch_kv is not None:
             self.current_patch_kv = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
                                      for k, v in self.current_patch_kv]
+        self.current_patch_readouts = None  # remade from current_patch_kv at the next step
         return self
 
     def batch_repeat_interleave(self, repeats: int) -> None:

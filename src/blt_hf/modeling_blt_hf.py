@@ -114,7 +114,8 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError("input_ids must be a [batch, length] tensor of byte ids")
         if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        lowest, highest = torch.aminmax(input_ids) if input_ids.numel() else (0, 0)
+        if lowest < 0 or highest >= self.config.vocab_size:
             bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)]
             raise ValueError(
                 f"input_ids must be in 0..{self.config.vocab_size - 1} (byte b has id b + 4; 0-3 are special ids), "
@@ -133,6 +134,8 @@ class BLTModel(BLTPreTrainedModel):
                 f"{seen + length} (cached + new bytes)"
             )
         valid = attention_mask[:, -length:].to(device).bool()
+        if length == 1:
+            return valid
         started = valid.long().cummax(1).values.bool()
         if (started & ~valid & valid.flip(1).long().cummax(1).values.flip(1).bool()).any():
             raise ValueError("attention_mask has padding between real bytes; pad only on the left or on the right")
@@ -188,7 +191,8 @@ class BLTModel(BLTPreTrainedModel):
         patches_before = cache.num_patches if cache is not None else torch.zeros_like(bytes_before)
         positions = (bytes_before[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         num_bytes = bytes_before + valid.sum(1)
-        if num_bytes.numel() and int(num_bytes.max()) > config.max_position_embeddings:
+        columns = length + (cache.seen_tokens if cache is not None else 0)  # >= num_bytes: checked on the host first
+        if columns > config.max_position_embeddings and int(num_bytes.max()) > config.max_position_embeddings:
             raise ValueError(
                 f"sequence of {int(num_bytes.max())} bytes is longer than max_position_embeddings="
                 f"{config.max_position_embeddings}"
@@ -255,14 +259,24 @@ class BLTModel(BLTPreTrainedModel):
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
+        slot_readouts = None
+        if length == 1 and cache is not None:  # a decoding step reads one patch per row: the next current patch
+            if num_new > 0:
+                patch_kv, decoder_patch = self._select_patches(patch_kv, decoder_patch), torch.zeros_like(ids)
+            if not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type):
+                slot_readouts = cache.current_patch_readouts if num_new == 0 else None
+                if slot_readouts is None:
+                    slot_readouts = self.local_decoder.slot_readouts(patch_kv)
         hidden, decoder_hidden = self.local_decoder(
-            byte_states, positions, decoder_plan, patch_kv, decoder_patch, output_hidden_states
+            byte_states, positions, decoder_plan, patch_kv, decoder_patch, output_hidden_states, slot_readouts
         )
 
         if cache is not None:
             self._update_cache(
                 cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
             )
+            if slot_readouts is not None:  # read from the patch that is now the current one
+                cache.current_patch_readouts = slot_readouts
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
             lengths_out = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), num_bytes)
@@ -325,6 +339,15 @@ class BLTModel(BLTPreTrainedModel):
             for (ck, cv), (nk, nv) in zip(current, new_patch_kv, strict=True)
         ]
 
+    @staticmethod
+    def _select_patches(patch_kv, patch_index):
+        """Per decoder cross layer, keys/values [B, P, ...] -> [B, 1, ...] at patch_index [B, 1]."""
+        index = patch_index.view(-1, 1, 1, 1, 1)
+        return [
+            (k.gather(1, index.expand(-1, 1, *k.shape[2:])), v.gather(1, index.expand(-1, 1, *v.shape[2:])))
+            for k, v in patch_kv
+        ]
+
     def _update_cache(
         self, cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
     ):
@@ -353,12 +376,11 @@ class BLTModel(BLTPreTrainedModel):
         compacted = [_compact(s, keep) for s in states]
         cache.open_patch_states = [c[0] for c in compacted]
         cache.open_patch_valid = compacted[0][1]
-        # the decoder's current patch: the last one closed (unchanged where nothing closed)
-        index = new_patches.view(-1, 1, 1, 1, 1)
-        cache.current_patch_kv = [
-            (k.gather(1, index.expand(-1, 1, *k.shape[2:])), v.gather(1, index.expand(-1, 1, *v.shape[2:])))
-            for k, v in patch_kv
-        ]
+        # the decoder's current patch: the last one closed (unchanged where nothing closed); one-byte steps have
+        # selected it already
+        single = patch_kv[0][0].shape[1] == 1
+        cache.current_patch_kv = patch_kv if single else self._select_patches(patch_kv, new_patches)
+        cache.current_patch_readouts = None
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
