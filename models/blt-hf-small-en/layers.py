@@ -37,6 +37,17 @@ def call(module: nn.Module, *args):
     return module(*args) if has_hooks(module) else module.forward(*args)
 
 
+def plain_fp32(norms, linears, *others) -> bool:
+    """Whether fused inference paths may read these modules' weights directly: plain `BLTRMSNorm`s and bias-free
+    `nn.Linear`s in fp32, and nothing hooked on them or on `others`."""
+    return (
+        all(type(norm) is BLTRMSNorm for norm in norms)
+        and all(type(linear) is nn.Linear and linear.bias is None for linear in linears)
+        and all(p.dtype == torch.float32 for module in (*norms, *linears) for p in module.parameters())
+        and not any(has_hooks(module) for module in (*others, *norms, *linears))
+    )
+
+
 def recompute_in_backward(function, *args):
     """Call `function`, keeping only its inputs for the backward pass (the rest is recomputed there).
 
@@ -241,10 +252,7 @@ class BLTTransformerLayer(GradientCheckpointingLayer):
         linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
                    mlp.gate_proj, mlp.up_proj, mlp.down_proj)
         if (type(attention) is not BLTSelfAttention or type(mlp) is not BLTMLP
-                or any(type(norm) is not BLTRMSNorm for norm in norms)
-                or any(type(linear) is not nn.Linear or linear.bias is not None for linear in linears)
-                or any(p.dtype != torch.float32 for m in (*norms, *linears) for p in m.parameters())
-                or any(has_hooks(module) for module in (attention, mlp, *norms, *linears))
+                or not plain_fp32(norms, linears, attention, mlp)
                 or norms[0].variance_epsilon != norms[1].variance_epsilon):
             return None
         q, k, v, o, gate, up, down = (linear.weight.detach() for linear in linears)
@@ -376,11 +384,7 @@ class BLTCrossAttention(nn.Module):
         weight, q_proj and the 1/sqrt(D) scale fold into scores = x_normed @ U (U [B, d, k * H]) and values and
         o_proj into out = weights @ Z (Z [B, k * H, d]): per byte, two small matmuls instead of two d x d ones.
         """
-        projections = (self.q_proj, self.o_proj)
-        if (any(type(linear) is not nn.Linear or linear.bias is not None for linear in projections)
-                or type(self.q_norm) is not BLTRMSNorm
-                or any(p.dtype != torch.float32 for m in (self.q_norm, *projections) for p in m.parameters())
-                or any(has_hooks(module) for module in (self, self.q_norm, *projections))):
+        if not plain_fp32((self.q_norm,), (self.q_proj, self.o_proj), self):
             return None
         batch, _, slots, heads, dim = patch_keys.shape
         width = self.q_proj.in_features
@@ -418,7 +422,7 @@ def _pool_bytes_into_patches(queries, keys, values, byte_patch):
 def _read_patch_slots(queries, patch_keys, patch_values, byte_patch):
     """queries [B, L, H, D] of bytes; patch_keys/values [B, P, k, H, D]; byte_patch [B, L] -> [B, L, H, D]."""
     batch, length = byte_patch.shape
-    if patch_keys.shape[1] == 1:  # one patch (a decoding step that closed none): every byte reads it
+    if patch_keys.shape[1] == 1:  # one patch (a decoding step has selected its byte's): every byte reads it
         keys, values = patch_keys, patch_values
     else:
         index = byte_patch.view(batch, length, 1, 1, 1).expand(-1, -1, *patch_keys.shape[2:])

@@ -378,8 +378,7 @@ class BLTModel(BLTPreTrainedModel):
         cache.open_patch_valid = compacted[0][1]
         # the decoder's current patch: the last one closed (unchanged where nothing closed); one-byte steps have
         # selected it already
-        single = patch_kv[0][0].shape[1] == 1
-        cache.current_patch_kv = patch_kv if single else self._select_patches(patch_kv, new_patches)
+        cache.current_patch_kv = patch_kv if length == 1 else self._select_patches(patch_kv, new_patches)
         cache.current_patch_readouts = None
 
 

@@ -143,7 +143,6 @@ class PatchingRule:
         )
         return starts, next_starts, new_state
 
-
     def _split_long_patches(self, rule_next, positions, rule_start_at_next, valid):
         """next_starts: the rule's starts plus a start every `max_patch_length` bytes from each rule start."""
         if self.max_patch_length is None:
