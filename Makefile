@@ -16,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: here it is a local CPU build; an open range would pull CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,eval]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,train,eval]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m blt_hf.demo
+	$(PY) -m blt_hf.tools.demo
 
 bench: install
 	$(PY) eval/run_benchmarks.py

@@ -22,17 +22,16 @@ setup(
         # install torch==2.13.0 first on CPU machines: an open range pulls CUDA builds
         "torch>=2.5",
         "transformers>=5.23.0,<6",
-        "accelerate>=1.0",
-        "datasets>=3.0",
         "safetensors>=0.4",
         "huggingface-hub>=1.0",
-        "evaluate>=0.4",
     ],
     extras_require={
-        "eval": ["lm-eval[hf]>=0.4.13,<0.5", "matplotlib>=3.7"],
+        # the model needs none of these; training, evaluation and plots name the extra they miss
+        "train": ["accelerate>=1.0", "datasets>=3.0"],
+        "eval": ["datasets>=3.0", "evaluate>=0.4", "lm-eval[hf]>=0.4.13,<0.5", "matplotlib>=3.7"],
         "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.7", "ruff>=0.6", "peft>=0.13"],
     },
-    entry_points={"console_scripts": ["blt-hf=blt_hf.cli:main"]},
+    entry_points={"console_scripts": ["blt-hf=blt_hf.tools.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

@@ -4,7 +4,7 @@
         [--local-hidden-size N] [--local-heads N] [--encoder-layers 1] [--decoder-layers 4] [--window 512]
         [--hash-vocab 50002] [--dtype bfloat16]
 
-The same as `blt-hf convert-llama`. See `blt_hf.conversion_llama` for what is copied, dropped and reordered.
+The same as `blt-hf convert-llama`. See `blt_hf.convert.llama` for what is copied, dropped and reordered.
 """
 
 from __future__ import annotations
@@ -14,6 +14,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from blt_hf.cli import main
+    from blt_hf.tools.cli import main
 
     raise SystemExit(main(["convert-llama", *sys.argv[1:]]))

@@ -6,7 +6,7 @@
 BLT_DIR is either the consolidated layout (params.json + consolidated.pth, entropy model in BLT_DIR/entropy_model)
 or the Hub-mixin layout (config.json with "args", model.safetensors, train_args.json; the entropy model is a
 separate folder such as facebook/blt-entropy). Weights are read with safetensors or torch.load(weights_only=True).
-The same as `blt-hf convert-meta`. See `blt_hf.conversion_meta` for the key tables and the derived config.
+The same as `blt-hf convert-meta`. See `blt_hf.convert.meta` for the key tables and the derived config.
 """
 
 from __future__ import annotations
@@ -16,6 +16,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from blt_hf.cli import main
+    from blt_hf.tools.cli import main
 
     raise SystemExit(main(["convert-meta", *sys.argv[1:]]))

@@ -6,7 +6,7 @@
 Weights are read with safetensors only; the output is written to a temporary folder next to DST and moved into
 place at the end, so a failed conversion leaves nothing behind (and an existing non-empty DST is refused). Parameter
 names are shared, so every tensor maps one-to-one; a missing or unexpected tensor is an error that lists it.
-See `blt_hf.conversion_transformers`.
+See `blt_hf.convert.transformers_blt`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def convert(source: str | Path, destination: str | Path, to_transformers: bool = False) -> None:
-    from blt_hf.conversion_transformers import convert_from_transformers, convert_to_transformers
+    from blt_hf.convert.transformers_blt import convert_from_transformers, convert_to_transformers
 
     (convert_to_transformers if to_transformers else convert_from_transformers)(source, destination)
 

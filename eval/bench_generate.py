@@ -151,7 +151,7 @@ def main():
 
     from transformers import BltConfig, BltForCausalLM
 
-    from blt_hf.conversion_transformers import from_transformers
+    from blt_hf.convert.transformers_blt import from_transformers
 
     torch.set_num_threads(args.threads)
     space_like_transformers_patcher()

@@ -40,7 +40,7 @@ from eval.common import (  # noqa: E402
 def worker(impl: str, batch: int, length: int, steps: int, threads: int) -> dict:
     from transformers import BltConfig, BltForCausalLM
 
-    from blt_hf.conversion_transformers import from_transformers
+    from blt_hf.convert.transformers_blt import from_transformers
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -63,8 +63,8 @@ def worker(impl: str, batch: int, length: int, steps: int, threads: int) -> dict
             loss = out.loss.item() if loss is None else loss
             del out
     best = min(times[1:]) if steps else times[0]
-    from blt_hf.conversion_transformers import config_from_transformers
-    from blt_hf.flops import realised_flops
+    from blt_hf.convert.transformers_blt import config_from_transformers
+    from blt_hf.evaluation.flops import realised_flops
 
     config = config_from_transformers(BltConfig(**TRANSFORMERS_BENCH_CONFIG))
     train_flops = 3 * realised_flops(config, patch_lengths)["flops"]["total"]  # forward + backward

@@ -3,7 +3,7 @@
 Every model of scripts/train_shipped_model.py (runs/shipped/*/final) goes through lm-eval-harness on HellaSwag,
 PIQA, ARC-Easy, ARC-Challenge and LAMBADA (eval/tasks/, data from eval/prepare_tasks.py), the BLTs with the
 `blt_hf` backend and the byte-level Llama with the stock `hf` backend (reading bytes with the BLT tokenizer); then
-the noised-HellaSwag and character suites (blt_hf.robustness) for the shipped BLT and the byte-level Llama.
+the noised-HellaSwag and character suites (blt_hf.evaluation.robustness) for the shipped BLT and the byte-level Llama.
 
     python eval/prepare_tasks.py && python eval/eval_shipped_model.py [--limit 500] [--robustness-limit 200]
 
@@ -32,7 +32,7 @@ def harness_model(name: str, folder: Path):
     """lm-eval model objects: the blt_hf backend for BLTs, the stock hf backend for the byte-level Llama."""
     from lm_eval.models.huggingface import HFLM
 
-    from blt_hf.lm_eval_adapter import BLTLM
+    from blt_hf.evaluation.lm_eval_adapter import BLTLM
 
     if name == "byte-llama":
         return HFLM(pretrained=str(folder), tokenizer=str(SHIPPED), trust_remote_code=True, batch_size=8, device="cpu",
@@ -50,7 +50,7 @@ def main():
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from blt_hf.robustness import markdown_report, write_suite
+    from blt_hf.evaluation.robustness import markdown_report, write_suite
 
     torch.set_num_threads(args.threads)
     if not (REPO / "data" / "tasks" / "hellaswag.jsonl").is_file():

@@ -90,7 +90,7 @@ def main():
 
     from blt_hf import BLTForCausalLM, BLTTokenizer
     from blt_hf.cache import PatchKVCache
-    from blt_hf.conversion_llama import convert_llama
+    from blt_hf.convert.llama import convert_llama
     from blt_hf.masks import PatchAttentionPlan
 
     cache = Path(args.cache)

@@ -112,7 +112,7 @@ def train(command: str, name: str, options: dict) -> None:
     path = RUN / "options" / f"{name}.json"
     write_json(path, options)
     log(f"{name}: training {options['steps']} steps")
-    run_logged([sys.executable, "-m", "blt_hf.cli", command, "--options", str(path)], RESULTS / f"{name}.log")
+    run_logged([sys.executable, "-m", "blt_hf.tools.cli", command, "--options", str(path)], RESULTS / f"{name}.log")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -138,13 +138,13 @@ def _calibration_sample() -> list[str]:
 def stage_calibrate() -> None:
     if (RUN / "calibration.json").is_file():
         return
-    from blt_hf.cli import _read_rows, bytes_per_patch, calibrate_threshold
     from blt_hf.patching import PatchingRule
-    from blt_hf.presets import blt_config
-    from blt_hf.train import TrainOptions, build_blt
+    from blt_hf.tools.reports import bytes_per_patch, calibrate_threshold, read_byte_rows
+    from blt_hf.training.entry_points import TrainOptions, build_blt
+    from blt_hf.training.presets import blt_config
 
     files = _calibration_sample()
-    ids, mask = _read_rows(files, ROW, 2_000_000)
+    ids, mask = read_byte_rows(files, ROW, 2_000_000)
     space = bytes_per_patch(PatchingRule.from_config(blt_config("small", patching_mode="space")), ids, mask, None)
     write_json(RUN / "configs" / "blt-entropy.json", blt_config("small").to_dict())
     model = build_blt(TrainOptions(config=str(RUN / "configs" / "blt-entropy.json"), patcher=str(RUN / "entropy" /
@@ -158,7 +158,7 @@ def stage_calibrate() -> None:
 
 def run_configs() -> dict[str, dict]:
     """Options of every FLOP-matched run (steps filled in by `budget`)."""
-    from blt_hf.presets import blt_config
+    from blt_hf.training.presets import blt_config
 
     calibration = read_json(RUN / "calibration.json")
     configs = {
@@ -181,9 +181,9 @@ def training_flops_per_byte(name: str, options: dict) -> dict:
     """3 x the exact forward FLOPs per byte on 256 training rows spread over the data, with their own patches."""
     import torch
 
-    from blt_hf.baselines import byte_llama_config
-    from blt_hf.flops import llama_flops_per_token, realised_flops
-    from blt_hf.train import TrainOptions, _rows, build_blt
+    from blt_hf.evaluation.flops import llama_flops_per_token, realised_flops
+    from blt_hf.training.baselines import byte_llama_config
+    from blt_hf.training.entry_points import TrainOptions, build_blt, packed_rows
 
     if name == "byte-llama":
         config = byte_llama_config("small", max_position_embeddings=ROW)
@@ -191,7 +191,7 @@ def training_flops_per_byte(name: str, options: dict) -> dict:
                 "bytes_per_patch": 1.0}
     opts = TrainOptions(**options)
     model = build_blt(opts)
-    rows = _rows(opts.train, opts, model)  # cached in RUN/data: the training run reuses these patches
+    rows = packed_rows(opts.train, opts, model)  # cached in RUN/data: the training run reuses these patches
     picks = [int(i) for i in torch.linspace(0, len(rows) - 1, 256).round().tolist()]
     sample = rows.select(picks)
     lengths = torch.zeros(len(sample), max(len(r) for r in sample["patch_lengths"]), dtype=torch.long)
@@ -246,9 +246,9 @@ def stage_measure() -> None:
     from transformers import LlamaForCausalLM
 
     from blt_hf import BLTForCausalLM, BLTTokenizer
-    from blt_hf.flops import llama_flops_per_token, realised_flops
-    from blt_hf.metrics import bits_per_byte
-    from blt_hf.train import TrainOptions, _rows
+    from blt_hf.evaluation.flops import llama_flops_per_token, realised_flops
+    from blt_hf.evaluation.metrics import bits_per_byte
+    from blt_hf.training.entry_points import TrainOptions, packed_rows
 
     torch.manual_seed(0)
     _, heldout = corpus_files()
@@ -263,17 +263,17 @@ def stage_measure() -> None:
         opts = TrainOptions(train=heldout, data_cache=str(RUN / "data"), row_length=ROW)
         if name == "byte-llama":
             model = LlamaForCausalLM.from_pretrained(final).eval()
-            from blt_hf.baselines import ByteLlamaForCausalLM
+            from blt_hf.training.baselines import ByteLlamaForCausalLM
 
             scorer = ByteLlamaForCausalLM.from_pretrained(final).eval()
-            rows = _rows(heldout, opts)
+            rows = packed_rows(heldout, opts)
             result = bits_per_byte(scorer, rows, BATCH)
             forward = llama_flops_per_token(model.config, ROW, model.config.vocab_size)
             result.update(bytes_per_patch=1.0, inference_flops_per_byte=forward,
                           inference_flops_per_byte_with_entropy_model=forward)
         else:
             model = BLTForCausalLM.from_pretrained(final).eval()
-            rows = _rows(heldout, opts, model)
+            rows = packed_rows(heldout, opts, model)
             result = bits_per_byte(model, rows, BATCH)
             lengths = torch.zeros(len(rows), max(len(r) for r in rows["patch_lengths"]), dtype=torch.long)
             for i, row in enumerate(rows["patch_lengths"]):
@@ -379,8 +379,8 @@ def stage_card() -> None:
 
 def stage_ship() -> None:
     from blt_hf import BLTForCausalLM, BLTTokenizer
-    from blt_hf.checkpoints import write_folder_atomically
-    from blt_hf.cli import evaluate_bits_per_byte
+    from blt_hf.convert.checkpoints import write_folder_atomically
+    from blt_hf.evaluation.metrics import evaluate_bits_per_byte
 
     SAMPLE.parent.mkdir(parents=True, exist_ok=True)
     SAMPLE.write_text(_heldout_sample())
@@ -409,7 +409,7 @@ def stage_ship() -> None:
 def stage_byteify() -> None:
     """SmolLM2-135M byte-ified vs a from-scratch BLT of the same shape: same data, steps, batch and recipe, except
     the converted model's global transformer learns at 0.1x (the paper's recipe) and the fresh one's at 1x."""
-    from blt_hf.conversion_llama import convert_llama
+    from blt_hf.convert.llama import convert_llama
     from eval.smollm2_conversion import llama_folder
 
     calibration = read_json(RUN / "calibration.json")

@@ -7,9 +7,9 @@ import sys
 import torch
 from transformers import LlamaForCausalLM
 
-from blt_hf.baselines import ByteLlamaForCausalLM, byte_llama_config
-from blt_hf.data import pack_documents, text_dataset
-from blt_hf.metrics import bits_per_byte
+from blt_hf.evaluation.metrics import bits_per_byte
+from blt_hf.training.baselines import ByteLlamaForCausalLM, byte_llama_config
+from blt_hf.training.data import pack_documents, text_dataset
 from tests.test_trainer import ENV, corpus  # noqa: F401  (fixture)
 
 DOCUMENTS = ["A first document.", "The second document is longer than the first one." * 3, "Third."]
@@ -64,7 +64,7 @@ def test_bits_per_byte_of_packed_rows_is_plain_llamas_loss_on_each_document():
 
 def test_train_byte_llama_cli_saves_a_plain_llama_and_its_held_out_history(corpus, tmp_path):  # noqa: F811
     out = tmp_path / "llama"
-    command = [sys.executable, "-m", "blt_hf.cli", "train-byte-llama", "--train", str(corpus / "train.txt"),
+    command = [sys.executable, "-m", "blt_hf.tools.cli", "train-byte-llama", "--train", str(corpus / "train.txt"),
                "--eval", str(corpus / "eval.txt"), "--preset", "tiny", "--row-length", "128", "--batch-size", "4",
                "--steps", "8", "--eval-steps", "4", "--save-steps", "4", "--logging-steps", "2",
                "--warmup-steps", "1", "--learning-rate", "3e-3", "--output", str(out)]

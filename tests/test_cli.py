@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blt_hf import BLTConfig
-from blt_hf.cli import main
+from blt_hf.tools.cli import main
 from tests.utils import tiny_model
 
 TEXT = "The entropy model decides where patches start. Patches are long where text is easy."
@@ -52,10 +52,10 @@ def test_calibrate_fits_the_threshold_to_the_target_patch_size(checkpoint, capsy
     assert config.monotonicity == (rule == "monotonic")
     # the saved threshold reproduces the patch size when the model patches by itself
     from blt_hf import BLTForCausalLM, PatchingRule
-    from blt_hf.cli import _read_rows, bytes_per_patch
+    from blt_hf.tools.reports import bytes_per_patch, read_byte_rows
 
     model = BLTForCausalLM.from_pretrained(model_dir)
-    ids, mask = _read_rows([str(corpus)], 1024, 2_000_000)
+    ids, mask = read_byte_rows([str(corpus)], 1024, 2_000_000)
     with torch.no_grad():
         entropies = model.model.patcher(ids, mask).entropies
     assert abs(bytes_per_patch(PatchingRule.from_config(model.config), ids, mask, entropies) - target) / target < 0.05
@@ -85,7 +85,7 @@ def test_patch_plot_draws_the_threshold_of_each_rule(checkpoint, tmp_path, rule)
     from matplotlib import image
 
     from blt_hf import BLTForCausalLM
-    from blt_hf.cli import patch_report, plot_report
+    from blt_hf.tools.reports import patch_report, plot_report
 
     model = BLTForCausalLM.from_pretrained(checkpoint[0])
     model.config.monotonicity = rule == "monotonic"

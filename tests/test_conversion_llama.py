@@ -8,7 +8,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig,
 
 from blt_hf import BLTConfig, BLTForCausalLM, BLTPatcher, BLTPatcherConfig
 from blt_hf.cache import PatchKVCache
-from blt_hf.conversion_llama import convert_llama, halves_to_pairs, pairs_to_halves
+from blt_hf.convert.llama import convert_llama, halves_to_pairs, pairs_to_halves
 from blt_hf.masks import PatchAttentionPlan
 from tests.utils import fail_after_the_weights, perturb_norms, random_ids, tiny_model
 
@@ -107,7 +107,7 @@ def save_donor(folder, kind):
 
 @pytest.mark.parametrize("kind", ["standalone_patcher", "blt_folder"])
 def test_command_line_copies_the_entropy_model_exactly(tmp_path, kind):
-    from blt_hf.cli import main
+    from blt_hf.tools.cli import main
 
     source_patcher = save_donor(tmp_path / "donor", kind)
     tiny_llama("gqa").save_pretrained(tmp_path / "llama")
@@ -190,8 +190,8 @@ def test_command_line_converts_a_llama_folder(tmp_path):
                           num_key_value_heads=8, tie_word_embeddings=True)),
 ])
 def test_real_llama_shapes_map_onto_the_global_transformer_on_the_meta_device(name, shape):
-    from blt_hf.checkpoints import check_tensors
-    from blt_hf.conversion_llama import blt_config_for_llama, global_state_from_llama
+    from blt_hf.convert.checkpoints import check_tensors
+    from blt_hf.convert.llama import blt_config_for_llama, global_state_from_llama
 
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0 if "3.2" in name else 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from transformers.models.blt.modeling_blt import BltPatcher as TransformersBltPatcher
 
 from blt_hf import BLTConfig, BLTForCausalLM, BLTPatcher
-from blt_hf.checkpoints import check_tensors, map_keys
-from blt_hf.conversion_meta import (
+from blt_hf.convert.checkpoints import check_tensors, map_keys
+from blt_hf.convert.meta import (
     BLT_KEY_TABLE,
     ENTROPY_KEY_TABLE,
     config_from_meta,

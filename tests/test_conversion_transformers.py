@@ -9,7 +9,7 @@ from transformers import BltForCausalLM as TransformersBlt
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from blt_hf import BLTForCausalLM
-from blt_hf.conversion_transformers import convert_from_transformers, convert_to_transformers
+from blt_hf.convert.transformers_blt import convert_from_transformers, convert_to_transformers
 from conversion.convert_transformers import convert, main
 from tests.utils import random_ids, separated_threshold, tiny_hf_config, tiny_hf_model, tiny_model
 

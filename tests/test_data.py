@@ -3,7 +3,7 @@
 import torch
 
 from blt_hf import PatchingRule, compute_patch_lengths
-from blt_hf.data import BLTDataCollator, add_patch_lengths, pack_documents, text_dataset
+from blt_hf.training.data import BLTDataCollator, add_patch_lengths, pack_documents, text_dataset
 from tests.test_generation import build_model
 
 DOCUMENTS = ["First document, short.", "Second one is a little longer than the first one, by design." * 2, "Third!"]
@@ -75,7 +75,7 @@ def test_packed_loss_is_the_loss_of_the_documents_run_separately():
 
 
 def test_cached_rows_are_built_once_and_reloaded_equal(tmp_path):
-    from blt_hf.data import cached_rows
+    from blt_hf.training.data import cached_rows
 
     calls = []
 
@@ -91,7 +91,7 @@ def test_cached_rows_are_built_once_and_reloaded_equal(tmp_path):
 
 
 def test_rows_fingerprint_follows_text_packing_and_patching(tmp_path):
-    from blt_hf.data import rows_fingerprint
+    from blt_hf.training.data import rows_fingerprint
 
     (tmp_path / "a.txt").write_text("some text")
     files = [str(tmp_path / "a.txt")]
@@ -111,7 +111,7 @@ def test_rows_fingerprint_follows_text_packing_and_patching(tmp_path):
 def test_rows_fingerprint_follows_a_datasets_content_and_text_column(tmp_path):
     from datasets import Dataset, load_from_disk
 
-    from blt_hf.data import rows_fingerprint
+    from blt_hf.training.data import rows_fingerprint
 
     Dataset.from_dict({"body": ["one", "two"], "title": ["a", "b"]}).save_to_disk(tmp_path / "d")
     base = rows_fingerprint([], 128, dataset=load_from_disk(tmp_path / "d"), text_column="body")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from blt_hf import BLTForCausalLM, BLTTokenizer
-from blt_hf.cli import main
+from blt_hf.tools.cli import main
 from tests.utils import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,8 @@ def checkpoint(tmp_path_factory):
 
 
 def _pieces(documents, row_length):
-    """The packing convention of blt_hf.data: each document is BOS + its bytes, rows of `row_length` ids are filled
+    """The packing convention of blt_hf.training.data: each document is BOS + its bytes, rows of `row_length` ids are
+    filled
     greedily, and a document longer than the room left continues in the next row behind a fresh BOS."""
     room = row_length
     for data in documents:

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blt_hf import BLTConfig
-from blt_hf.flops import (
+from blt_hf.evaluation.flops import (
     flops_for_sequence,
     llama_flops_per_token,
     paper_flops_per_byte,
@@ -205,7 +205,7 @@ def test_longer_patches_make_bytes_cheaper():
 
 
 def test_realised_flops_of_a_generation_use_the_patches_decoding_produced():
-    from blt_hf.flops import realised_flops_of_sequences
+    from blt_hf.evaluation.flops import realised_flops_of_sequences
 
     model = tiny_model(seed=3, patching_threshold=5.2)
     prompt = random_ids(20, seed=3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blt_hf import BLTTokenizer
-from blt_hf.hub import push
+from blt_hf.tools.hub import push
 from tests.utils import random_ids, tiny_model
 
 

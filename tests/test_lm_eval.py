@@ -59,7 +59,7 @@ def workspace(tmp_path_factory):
 
 
 def _run(workspace, name, model_type, model_args, batch_size):
-    command = [sys.executable, "-m", "blt_hf.cli", "lm-eval"] if model_type == "blt_hf" else [
+    command = [sys.executable, "-m", "blt_hf.tools.cli", "lm-eval"] if model_type == "blt_hf" else [
         sys.executable, "-m", "lm_eval"]
     out = workspace / name
     command += ["--model", model_type, "--model_args", model_args, "--tasks", "blt_mc,blt_ppl,blt_gen",
@@ -179,7 +179,7 @@ def _instances(request_type, arguments):
 
 @pytest.mark.parametrize("max_length", [None, 24])
 def test_blt_hf_backend_batches_generation_rows_by_their_bytes(workspace, monkeypatch, max_length):
-    from blt_hf.lm_eval_adapter import BLTLM
+    from blt_hf.evaluation.lm_eval_adapter import BLTLM
 
     budget, max_gen_toks = 100, 12
     extra = {} if max_length is None else {"max_length": max_length}
@@ -207,7 +207,7 @@ def test_blt_hf_backend_batches_generation_rows_by_their_bytes(workspace, monkey
 
 
 def test_blt_hf_backend_batches_rolling_windows_by_their_bytes(workspace, monkeypatch):
-    from blt_hf.lm_eval_adapter import BLTLM
+    from blt_hf.evaluation.lm_eval_adapter import BLTLM
 
     lm = BLTLM(pretrained=str(workspace / "model"), max_batch_bytes=100, device="cpu")
     rows_per_call = []

@@ -4,7 +4,7 @@ are moved into blt_hf by the production converter."""
 import pytest
 import torch
 
-from blt_hf.conversion_transformers import from_transformers, to_transformers
+from blt_hf.convert.transformers_blt import from_transformers, to_transformers
 from tests.utils import random_ids, separated_threshold, tiny_hf_config, tiny_hf_model
 
 VARIANTS = {

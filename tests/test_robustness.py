@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blt_hf.robustness import (
+from blt_hf.evaluation.robustness import (
     CHARACTER_TASKS,
     NOISES,
     TARGETS,

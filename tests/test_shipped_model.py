@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import blt_hf  # noqa: F401
-from blt_hf.cli import evaluate_bits_per_byte
+from blt_hf.evaluation.metrics import evaluate_bits_per_byte
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "blt-hf-small-en"
@@ -58,8 +58,8 @@ def test_cached_generation_equals_full_recomputation_on_the_shipped_model(shippe
 
 def test_make_demo_runs_on_the_shipped_model(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": "src"}
-    done = subprocess.run([sys.executable, "-m", "blt_hf.demo", "--plot", str(tmp_path / "patches.png")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    demo = [sys.executable, "-m", "blt_hf.tools.demo", "--plot", str(tmp_path / "patches.png")]
+    done = subprocess.run(demo, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "entropy patching, threshold" in done.stdout and "--- patches" in done.stdout
     assert "first 64 bytes identical: True" in done.stdout

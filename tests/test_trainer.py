@@ -15,9 +15,9 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import Trainer, TrainingArguments
 
 from blt_hf import BLTForCausalLM, BLTPatcher
-from blt_hf.data import BLTDataCollator, add_patch_lengths, pack_documents
-from blt_hf.train import TrainOptions, load_split, parse_options
-from blt_hf.training import BLTTrainer, create_optimizer
+from blt_hf.training.data import BLTDataCollator, add_patch_lengths, pack_documents
+from blt_hf.training.entry_points import TrainOptions, load_split, parse_options
+from blt_hf.training.trainer import BLTTrainer, create_optimizer
 from tests.test_generation import build_model
 from tests.utils import random_ids, tiny_model
 
@@ -136,7 +136,8 @@ def test_lora_on_the_global_attention_trains_only_the_adapters(tmp_path):
 
 def _train_command(output, extra):
     return [
-        "-m", "blt_hf.cli", "train", "--preset", "tiny", "--steps", "4", "--row-length", "128", "--eval-steps", "0",
+        "-m", "blt_hf.tools.cli", "train", "--preset", "tiny", "--steps", "4", "--row-length", "128",
+        "--eval-steps", "0",
         "--save-steps", "100", "--logging-steps", "1", "--warmup-steps", "0", "--learning-rate", "3e-3",
         "--scheduler", "constant", "--sampling", "sequential", "--patching-mode", "space", "--output", str(output),
         *extra,
@@ -189,7 +190,7 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     common = ["--train", str(corpus / "train.txt"), "--eval", str(corpus / "eval.txt"), "--preset", "tiny",
               "--row-length", "128", "--batch-size", "4", "--eval-steps", "5", "--save-steps", "5",
               "--logging-steps", "5", "--warmup-steps", "2", "--learning-rate", "3e-3"]
-    entropy = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train-entropy", *common, "--steps", "10",
+    entropy = subprocess.run([sys.executable, "-m", "blt_hf.tools.cli", "train-entropy", *common, "--steps", "10",
                               "--output", str(tmp_path / "entropy")], env=ENV, capture_output=True, text=True,
                              timeout=600)
     assert entropy.returncode == 0, entropy.stderr[-3000:]
@@ -197,7 +198,7 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     assert entropy_metrics["eval_bits_per_byte"] < 8
     assert isinstance(BLTPatcher.from_pretrained(tmp_path / "entropy" / "final"), BLTPatcher)
     cache = ["--data-cache", str(tmp_path / "rows")]
-    blt = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, *cache, "--steps", "10",
+    blt = subprocess.run([sys.executable, "-m", "blt_hf.tools.cli", "train", *common, *cache, "--steps", "10",
                           "--patcher", str(tmp_path / "entropy" / "final"), "--output", str(tmp_path / "blt")],
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert blt.returncode == 0, blt.stderr[-3000:]
@@ -211,7 +212,8 @@ def test_train_entropy_then_train_a_blt_with_it_end_to_end(corpus, tmp_path):
     cached = sorted(p.name for p in (tmp_path / "rows").iterdir())
     assert len(cached) == 2 and all(name.startswith("rows-") for name in cached)  # train and held-out rows, patched
     # resuming continues from the last checkpoint, reuses the patched rows and keeps the held-out history
-    resumed = subprocess.run([sys.executable, "-m", "blt_hf.cli", "train", *common, *cache, "--steps", "12", "--resume",
+    resumed = subprocess.run([sys.executable, "-m", "blt_hf.tools.cli", "train", *common, *cache, "--steps", "12",
+                              "--resume",
                               "--patcher", str(tmp_path / "entropy" / "final"), "--output", str(tmp_path / "blt")],
                              env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -8,10 +8,10 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from blt_hf import BLTTokenizer
-from blt_hf.baselines import ByteLlamaForCausalLM, byte_llama_config
-from blt_hf.data import BLTDataCollator, add_patch_lengths, pack_documents, text_dataset
-from blt_hf.train import TrainOptions, _optimizer_arguments, _training_arguments, blt_trainer
-from blt_hf.training import BLTTrainer, create_optimizer, freeze, parameter_groups
+from blt_hf.training.baselines import ByteLlamaForCausalLM, byte_llama_config
+from blt_hf.training.data import BLTDataCollator, add_patch_lengths, pack_documents, text_dataset
+from blt_hf.training.entry_points import TrainOptions, _optimizer_arguments, _training_arguments, blt_trainer
+from blt_hf.training.trainer import BLTTrainer, create_optimizer, freeze, parameter_groups
 from tests.utils import random_ids, tiny_model
 
 

@@ -38,7 +38,7 @@ BLTTokenizer.register_for_auto_class("AutoTokenizer")
 
 def __getattr__(name: str):
     if name == "BLTTrainer":  # imported on first use: it loads transformers.Trainer
-        from .training import BLTTrainer
+        from .training.trainer import BLTTrainer
 
         return BLTTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,8 +38,8 @@ class BLTBitsPerByte(evaluate.Metric):
         from transformers import AutoModelForCausalLM
 
         import blt_hf  # noqa: F401
-        from blt_hf.data import add_patch_lengths, pack_documents, text_dataset
-        from blt_hf.metrics import bits_per_byte
+        from blt_hf.evaluation.metrics import bits_per_byte
+        from blt_hf.training.data import add_patch_lengths, pack_documents, text_dataset
 
         model = AutoModelForCausalLM.from_pretrained(model_id).eval()
         rows = pack_documents(text_dataset(dataset=datasets.Dataset.from_dict({"text": list(predictions)})),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..configuration_blt_hf import BLTConfig
 from .checkpoints import (
     check_destination,
     check_tensors,
@@ -27,7 +28,6 @@ from .checkpoints import (
     read_json,
     write_folder_atomically,
 )
-from .configuration_blt_hf import BLTConfig
 
 LLAMA_LAYER_WEIGHTS = (
     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
@@ -133,7 +133,7 @@ def blt_config_for_llama(
     return BLTConfig(**values)
 
 
-def _load_patcher_source(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+def load_patcher_source(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(patcher sub-config, patcher weights without prefix, patching settings) from a BLT or a patcher folder."""
     config = read_json(folder / "config.json")
     state = load_state_dict(folder)
@@ -162,8 +162,8 @@ def convert_llama(
     """Convert a Hugging Face Llama folder into a blt_hf BLT folder (written atomically). Returns the model."""
     from transformers import AutoConfig
 
-    from .modeling_blt_hf import BLTForCausalLM
-    from .tokenization_blt_hf import BLTTokenizer
+    from ..modeling_blt_hf import BLTForCausalLM
+    from ..tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
     check_destination(destination)
@@ -178,7 +178,7 @@ def convert_llama(
 
     patcher_weights, settings = None, {}
     if patcher is not None:
-        patcher_config, patcher_weights, settings = _load_patcher_source(Path(patcher))
+        patcher_config, patcher_weights, settings = load_patcher_source(Path(patcher))
         options.setdefault("patcher_config", patcher_config)
     for key, value in settings.items():
         options.setdefault(key, value)

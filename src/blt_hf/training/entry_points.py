@@ -7,8 +7,8 @@ folder `OUTPUT/final`.
     blt-hf train --train a.txt --eval c.txt --output runs/blt --preset small --patcher runs/entropy/final
     blt-hf train --dataset DIR --text-column body --eval-dataset-split test ...     # save_to_disk folder or hub name
     blt-hf train-byte-llama --train a.txt --eval c.txt --output runs/llama --preset small    # the baseline
-    accelerate launch --num_processes 2 --cpu -m blt_hf.cli train ...                 # DDP, same global batch
-    accelerate launch --config_file configs/accelerate_fsdp.yaml -m blt_hf.cli train ...    # FSDP2 (GPUs)
+    accelerate launch --num_processes 2 --cpu -m blt_hf.tools.cli train ...                 # DDP, same global batch
+    accelerate launch --config_file configs/accelerate_fsdp.yaml -m blt_hf.tools.cli train ...    # FSDP2 (GPUs)
 
 `blt-hf train` uses `BLTTrainer` (per-stack learning rates, built by Trainer itself, so FSDP can wrap the model);
 it and `train-byte-llama` use AdamW with betas (0.9, 0.95), eps 1e-8 and `--weight-decay` on matrices.
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .metrics import bits_per_byte
+from ..evaluation.metrics import bits_per_byte
+from ..tools.extras import require
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainOptions:
     output: str = "runs/blt"
     model: str | None = None  # continue from a saved folder
     config: str | None = None  # a config JSON for a fresh model
-    preset: str = "small"  # or a named size (blt_hf.presets)
+    preset: str = "small"  # or a named size (blt_hf.training.presets)
     patcher: str | None = None  # copy the entropy model (and its patching settings) from this folder
     patching_mode: str | None = None
     split_paragraphs: bool = False
@@ -107,6 +108,7 @@ def check_data_options(options: TrainOptions) -> None:
 def load_split(options: TrainOptions, split: str):
     """One split of `options.dataset`: a `save_to_disk` folder (a DatasetDict, or a Dataset standing for
     --dataset-split), or else a `datasets.load_dataset` name or path with `options.dataset_config`."""
+    require("datasets")
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     folder = Path(options.dataset)
@@ -122,7 +124,7 @@ def load_split(options: TrainOptions, split: str):
     return data
 
 
-def _rows(files, options, model=None, dataset=None):
+def packed_rows(files, options, model=None, dataset=None):
     """Packed (and, with `model`, patched) rows of the text files, or of `dataset`'s `options.text_column`."""
     from .data import add_patch_lengths, cached_rows, pack_documents, rows_fingerprint, text_dataset
 
@@ -143,15 +145,15 @@ def _rows(files, options, model=None, dataset=None):
 def _train_rows(options, model=None):
     check_data_options(options)
     if options.dataset:
-        return _rows([], options, model, load_split(options, options.dataset_split))
-    return _rows(options.train, options, model)
+        return packed_rows([], options, model, load_split(options, options.dataset_split))
+    return packed_rows(options.train, options, model)
 
 
 def _eval_rows(options, model=None):
     if options.eval_dataset_split:
-        rows = _rows([], options, model, load_split(options, options.eval_dataset_split))
+        rows = packed_rows([], options, model, load_split(options, options.eval_dataset_split))
     elif options.eval:
-        rows = _rows(options.eval, options, model)
+        rows = packed_rows(options.eval, options, model)
     else:
         return None
     return rows.select(range(min(options.max_eval_rows, len(rows))))
@@ -261,9 +263,9 @@ def train_entropy_model(options: TrainOptions) -> dict:
     (betas 0.9 / 0.999) with `weight_decay` on every weight but biases and norms."""
     from transformers import Trainer
 
-    from .configuration_blt_hf import BLTPatcherConfig
+    from ..configuration_blt_hf import BLTPatcherConfig
+    from ..patcher import BLTPatcher
     from .data import BLTDataCollator
-    from .patcher import BLTPatcher
     from .presets import patcher_config
 
     if options.threads:
@@ -286,8 +288,8 @@ def train_entropy_model(options: TrainOptions) -> dict:
 
 
 def build_blt(options: TrainOptions):
-    from .configuration_blt_hf import BLTConfig
-    from .modeling_blt_hf import BLTForCausalLM
+    from ..configuration_blt_hf import BLTConfig
+    from ..modeling_blt_hf import BLTForCausalLM
     from .presets import blt_config
 
     overrides = {}
@@ -303,10 +305,10 @@ def build_blt(options: TrainOptions):
         config = blt_config(options.preset, **overrides)
     patcher_weights = None
     if options.patcher:
-        from .checkpoints import check_tensors
-        from .conversion_llama import _load_patcher_source
+        from ..convert.checkpoints import check_tensors
+        from ..convert.llama import load_patcher_source
 
-        patcher_config, patcher_weights, settings = _load_patcher_source(Path(options.patcher))
+        patcher_config, patcher_weights, settings = load_patcher_source(Path(options.patcher))
         values = config.to_dict()
         values["patcher_config"] = patcher_config
         values["has_patcher"] = True
@@ -328,7 +330,7 @@ def blt_trainer(model, options: TrainOptions, train_rows, callbacks=None):
     """The `BLTTrainer` of `blt-hf train`: it builds the per-stack optimizer itself (no `optimizers=`, which
     Trainer refuses under FSDP)."""
     from .data import BLTDataCollator
-    from .training import BLTTrainer
+    from .trainer import BLTTrainer
 
     return BLTTrainer(model=model, args=_training_arguments(options, **_optimizer_arguments(options)),
                       train_dataset=train_rows, data_collator=BLTDataCollator(), callbacks=callbacks,
@@ -337,7 +339,7 @@ def blt_trainer(model, options: TrainOptions, train_rows, callbacks=None):
 
 def train_blt(options: TrainOptions) -> dict:
     """Train (or fine-tune) a BLT on packed rows with precomputed patches; report held-out bits per byte."""
-    from .tokenization_blt_hf import BLTTokenizer
+    from ..tokenization_blt_hf import BLTTokenizer
 
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -351,7 +353,7 @@ def train_blt(options: TrainOptions) -> dict:
 
 
 def train_byte_llama(options: TrainOptions) -> dict:
-    """Train the byte-level Llama baseline (`blt_hf.baselines`) on the same packed rows, with the BLT optimizer
+    """Train the byte-level Llama baseline (`blt_hf.training.baselines`) on the same packed rows, with the BLT optimizer
     settings (AdamW, betas 0.9/0.95, weight decay on matrices, none on norms); report held-out bits per byte."""
     from transformers import LlamaConfig, Trainer
 

@@ -207,7 +207,7 @@ def realised_flops(config, patch_lengths: torch.Tensor, num_bytes: torch.Tensor 
 def realised_flops_of_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
     """Realised FLOPs of sequences (a batch of generations, say) under the patches the model's own rule gives them:
     the same patches incremental decoding produced, since boundaries of a prefix never move."""
-    from .patching import PatchingRule, compute_patch_lengths
+    from ..patching import PatchingRule, compute_patch_lengths
 
     base = getattr(model, "model", model)
     lengths, _ = compute_patch_lengths(input_ids, attention_mask, PatchingRule.from_config(base.config), base.patcher)

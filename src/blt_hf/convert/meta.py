@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..configuration_blt_hf import BLTConfig
 from .checkpoints import (
     check_destination,
     check_tensors,
@@ -30,7 +31,6 @@ from .checkpoints import (
     read_json,
     write_folder_atomically,
 )
-from .configuration_blt_hf import BLTConfig
 
 # official block / cross-attention parameter names -> blt_hf (= transformers' Blt) names
 BLOCK_NAMES = {
@@ -269,8 +269,8 @@ def state_from_meta(blt_state: dict, entropy_state: dict | None, config: BLTConf
 
 def convert_meta(source: str | Path, destination: str | Path, entropy_model: str | Path | None = None):
     """Convert an official BLT folder (and its entropy model) into a blt_hf folder, written atomically."""
-    from .modeling_blt_hf import BLTForCausalLM
-    from .tokenization_blt_hf import BLTTokenizer
+    from ..modeling_blt_hf import BLTForCausalLM
+    from ..tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
     check_destination(destination)
@@ -299,8 +299,8 @@ def convert_meta(source: str | Path, destination: str | Path, entropy_model: str
 
 def convert_meta_entropy_model(source: str | Path, destination: str | Path):
     """Convert an official entropy model folder into a standalone `BLTPatcher` folder."""
-    from .configuration_blt_hf import BLTPatcherConfig
-    from .patcher import BLTPatcher
+    from ..configuration_blt_hf import BLTPatcherConfig
+    from ..patcher import BLTPatcher
 
     check_destination(destination)
     patcher_config, official = read_entropy_model(source)

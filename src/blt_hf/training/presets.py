@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .configuration_blt_hf import BLTConfig, BLTPatcherConfig
+from ..configuration_blt_hf import BLTConfig, BLTPatcherConfig
 
 
 def _local(hidden, heads, layers, window):

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from .configuration_blt_hf import BOE_ID, BOS_ID, BYTE_OFFSET
-from .patching import PatchingRule, compute_patch_lengths
+from ..configuration_blt_hf import BOE_ID, BOS_ID, BYTE_OFFSET
+from ..patching import PatchingRule, compute_patch_lengths
+from ..tools.extras import require
 
 
 def text_dataset(files=None, dataset=None, text_column: str = "text", split_paragraphs: bool = False):
     """A `datasets.Dataset` with one document per row in column "text": one per file (or per blank-line-separated
     paragraph with `split_paragraphs`), or the `text_column` of a given dataset."""
+    require("datasets")
     from datasets import Dataset
 
     if dataset is not None:
@@ -140,6 +142,7 @@ def rows_fingerprint(files, row_length: int, split_paragraphs: bool = False, mod
 def cached_rows(folder: str | Path, build):
     """`build()`'s dataset, saved under `folder` the first time (atomically) and loaded from there afterwards, so a
     resumed or repeated run does not pack and patch again."""
+    require("datasets")
     from datasets import load_from_disk
 
     folder = Path(folder)

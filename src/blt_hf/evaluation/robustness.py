@@ -25,6 +25,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from ..tools.extras import require
+
 
 def _rng(text: str, seed: int, salt: str) -> random.Random:
     return random.Random(zlib.crc32(f"{salt}:{seed}:{text}".encode()))
@@ -245,6 +247,7 @@ def run_suite(model_dir: str, output: str, hellaswag: str = "data/tasks/hellaswa
     every task's lm-eval metrics there ({task: {metric: value}}). max_gen_bytes: longest generated answer."""
     import tempfile
 
+    require("lm_eval")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

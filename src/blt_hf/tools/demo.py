@@ -4,7 +4,7 @@ Loads it with `from_pretrained`, splits a text into entropy patches (printed wit
 PNG), generates a continuation with the cached generator (and checks it against full recomputation), and measures
 held-out bits per byte and decode speed.
 
-    python -m blt_hf.demo [--model DIR] [--plot demo_patches.png] [--text "..."]
+    python -m blt_hf.tools.demo [--model DIR] [--plot demo_patches.png] [--text "..."]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "models" / "blt-hf-small-en"
+from .reports import DEFAULT_MODEL, REPO
+
 HELD_OUT_SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 PROMPT = "The President said that the nation"
@@ -47,7 +47,8 @@ def main(argv=None) -> None:
 
     import blt_hf  # noqa: F401  (registers the classes with the Auto API)
 
-    from .cli import _show, evaluate_bits_per_byte, patch_report, plot_report
+    from ..evaluation.metrics import evaluate_bits_per_byte
+    from .reports import patch_report, plot_report, show_report
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
 
     report = patch_report(model, args.text)
     print("--- patches (entropy model's next-byte entropy; a patch starts where it exceeds the threshold) ---")
-    print(_show(report) + "\n")
+    print(show_report(report) + "\n")
     plot_report(report, args.plot)
 
     ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]

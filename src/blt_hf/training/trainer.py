@@ -5,7 +5,7 @@ learning rate and the inherited global transformer at a lower one (the paper use
 `BLTTrainer` build the per-stack optimizer itself, from `args` (learning rate, weight decay, `optim` and its
 betas): that also works under FSDP, where Trainer refuses a ready-made `optimizers=(...)`:
 
-    from blt_hf.training import BLTTrainer, freeze
+    from blt_hf.training.trainer import BLTTrainer, freeze
     freeze(model, "patcher")                                       # the entropy model is trained separately
     args = TrainingArguments("runs/x", learning_rate=3e-4, weight_decay=0.1, adam_beta2=0.95, optim="adamw_torch")
     trainer = BLTTrainer(model=model, args=args, train_dataset=data, global_lr_scale=0.1)
@@ -22,7 +22,11 @@ from __future__ import annotations
 import re
 
 import torch
-from transformers import Trainer
+
+from ..tools.extras import require
+
+require("accelerate")  # transformers.Trainer needs it: name the extra that installs it
+from transformers import Trainer  # noqa: E402
 
 # parameter-name prefixes of each stack inside BLTForCausalLM
 STACKS = {

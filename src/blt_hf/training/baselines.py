@@ -1,8 +1,8 @@
 """The byte-level Llama baseline: transformers' `LlamaForCausalLM` over blt_hf's byte ids (vocabulary 260).
 
-It trains on the same packed rows as a BLT (`blt_hf.data`) and is scored by the same `bits_per_byte`. Packed rows
-carry `position_ids` that restart at every document; the model then keeps documents apart exactly as BLT does
-(transformers builds a block-causal mask from the restarts when no 2D padding mask is given). Saved folders are
+It trains on the same packed rows as a BLT (`blt_hf.training.data`) and is scored by the same `bits_per_byte`.
+Packed rows carry `position_ids` that restart at every document; the model then keeps documents apart exactly as
+BLT does (transformers builds a block-causal mask from the restarts when no 2D padding mask is given). Saved folders are
 plain Llama checkpoints: `LlamaForCausalLM.from_pretrained` loads them.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .configuration_blt_hf import BOE_ID, BOS_ID, BYTE_VOCAB_SIZE, EOS_ID
+from ..configuration_blt_hf import BOE_ID, BOS_ID, BYTE_VOCAB_SIZE, EOS_ID
 
 BYTE_LLAMA_PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),

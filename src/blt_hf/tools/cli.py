@@ -25,17 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .configuration_blt_hf import BYTE_OFFSET, BLTConfig
-from .patching import PatchingRule, compute_patch_lengths
-
-
-def default_model() -> str | None:
-    """$BLT_HF_MODEL, else the bundled default model (models/blt-hf-small-en in a source checkout), else None."""
-    from .demo import DEFAULT_MODEL
-
-    if os.environ.get("BLT_HF_MODEL"):
-        return os.environ["BLT_HF_MODEL"]
-    return str(DEFAULT_MODEL) if (DEFAULT_MODEL / "config.json").is_file() else None
+from ..configuration_blt_hf import BLTConfig
+from ..evaluation.metrics import evaluate_bits_per_byte, load_model_and_tokenizer
+from .extras import require
+from .reports import calibrate_threshold, default_model, patch_report, plot_report, show_report
 
 
 def _model_argument(value: str | None) -> str:
@@ -45,178 +38,6 @@ def _model_argument(value: str | None) -> str:
     return model
 
 
-def _load(model_dir: str):
-    from .modeling_blt_hf import BLTForCausalLM
-    from .tokenization_blt_hf import BLTTokenizer
-
-    model = BLTForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = BLTTokenizer().attach_model(model)
-    return model, tokenizer
-
-
-def patch_report(model, text: str) -> dict:
-    """Patches and per-byte entropies of `text` under the model's patching rule."""
-    ids = torch.tensor([[1] + [b + BYTE_OFFSET for b in text.encode("utf-8", "surrogatepass")]])
-    base = model.model
-    rule = PatchingRule.from_config(base.config)
-    lengths, entropies = compute_patch_lengths(ids, None, rule, base.patcher)
-    if entropies is None and base.patcher is not None:
-        with torch.no_grad():
-            entropies = base.patcher(ids).entropies
-    data = bytes(int(i) - BYTE_OFFSET for i in ids[0, 1:])
-    lengths = [int(n) for n in lengths[0] if n > 0]
-    patches, position = [], 0
-    for n in lengths:
-        patches.append((position, min(position + n, len(data) + 1)))
-        position += n
-    return {
-        "bytes": data,
-        "patches": patches,  # [start, end) in positions of ids (0 = BOS); the last may include the virtual position
-        "lengths": lengths,
-        "entropies": None if entropies is None else entropies[0].tolist(),
-        "threshold": rule.threshold if rule.needs_entropies else None,
-        "threshold_add": rule.threshold_add if rule.needs_entropies else None,
-        "monotonicity": rule.monotonicity if rule.needs_entropies else False,
-        "mode": rule.mode,
-    }
-
-
-def _show(report: dict) -> str:
-    data = report["bytes"]
-
-    def piece(start, end):
-        body = (b"<s>" if start == 0 else b"") + data[max(start - 1, 0) : max(end - 1, 0)]
-        return body.decode("utf-8", "replace")
-
-    patches = report["patches"]
-    next_opens = patches[-1][0] == len(data) + 1  # the last "patch" holds only the virtual next position
-    shown = patches[:-1] if next_opens else patches
-    lines = ["|" + "|".join(piece(s, e) for s, e in shown) + "|"]
-    lines.append(
-        f"{len(data)} bytes in {len(shown)} patches ({report['mode']} patching"
-        + (f", threshold {report['threshold']:.4f} nats" if report["threshold"] is not None else "")
-        + ("; the next byte starts a new patch)" if next_opens else ")")
-    )
-    if report["entropies"] is not None:
-        starts = {s for s, _ in report["patches"]}
-        lines.append("byte      entropy before it (nats)   starts a patch")
-        for pos, value in enumerate(report["entropies"], start=1):
-            char = repr(bytes([data[pos - 1]]))[2:-1] if pos <= len(data) else "(next)"
-            lines.append(f"{char:<8}  {value:>10.4f}                 {'*' if pos in starts else ''}")
-    return "\n".join(lines)
-
-
-def plot_report(report: dict, path: str) -> None:
-    """Entropy of the next byte at each position, the threshold and the patch boundaries (after the paper's Fig. 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if report["entropies"] is None:
-        raise ValueError("this model has no entropy model to plot")
-    # the value at byte j is H(j-1): the entropy model's uncertainty about byte j before seeing it
-    entropies = report["entropies"]
-    labels = [bytes([b]).decode("latin-1") if 32 <= b < 127 else f"\\x{b:02x}" for b in report["bytes"]] + ["next"]
-    x = list(range(1, len(entropies) + 1))
-    width = max(6.0, 0.22 * len(entropies))
-    fig, ax = plt.subplots(figsize=(width, 3.2))
-    ax.plot(x, entropies, marker="o", markersize=3, linewidth=1, color="tab:blue", label="entropy before the byte")
-    # monotonic and combined rules threshold the rise H(j-1) - H(j-2) (from byte 3 on): plot it where it is used
-    rise_threshold = report["threshold"] if report["monotonicity"] else report["threshold_add"]
-    if rise_threshold is not None:
-        rises = [b - a for a, b in zip(entropies[:-1], entropies[1:], strict=True)]
-        ax.plot(x[1:], rises, marker=".", markersize=3, linewidth=0.8, color="tab:orange", label="entropy rise")
-        ax.axhline(rise_threshold, color="tab:orange", linestyle=":", linewidth=1, label="rise threshold")
-    if report["threshold"] is not None and not report["monotonicity"]:
-        ax.axhline(report["threshold"], color="tab:red", linestyle="--", linewidth=1, label="threshold")
-    for start, _ in report["patches"][1:]:
-        ax.axvline(start - 0.5, color="tab:gray", linewidth=0.8, alpha=0.7)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_xlim(0.5, len(entropies) + 0.5)
-    ax.set_ylabel("nats")
-    ax.set_title(f"{len(report['patches']) - 1} patches over {len(report['bytes'])} bytes (+ BOS)")
-    ax.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def _read_rows(files: list[str], row_bytes: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = []
-    total = 0
-    for name in files:
-        data = Path(name).read_bytes()
-        for start in range(0, len(data), row_bytes - 1):
-            chunk = data[start : start + row_bytes - 1]
-            if not chunk or total >= max_bytes:
-                break
-            rows.append([1] + [b + BYTE_OFFSET for b in chunk])
-            total += len(chunk)
-    if not rows:
-        raise ValueError("no text to calibrate on")
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return ids, mask
-
-
-def bytes_per_patch(rule: PatchingRule, ids, mask, entropies) -> float:
-    """Mean patch size in real bytes (BOS excluded) under `rule`, for precomputed entropies."""
-    from .cache import PatchingState
-    from .patching import patch_lengths_from_starts, row_start_flags
-
-    valid = mask.bool()
-    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-    starts, next_starts, _ = rule(positions, valid, ids, entropies, PatchingState.initial(ids.shape[0], ids.device))
-    lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
-    patches = int((lengths > 0).sum()) - ids.shape[0]  # the BOS patch of each row does not count
-    return float(valid.sum() - ids.shape[0]) / max(patches, 1)
-
-
-def calibrate_threshold(
-    model, files, target: float, rule_name: str = "global", threshold_add: float | None = None,
-    row_bytes: int = 1024, max_bytes: int = 2_000_000, batch_size: int = 16,
-) -> tuple[float, float]:
-    """Bisect the entropy threshold so that the mean patch size on the files' text is `target` bytes."""
-    base = model.model
-    if base.patcher is None:
-        raise ValueError("calibration needs a model with an entropy model (has_patcher=True)")
-    ids, mask = _read_rows(files, row_bytes, max_bytes)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, ids.shape[0], batch_size):
-            chunks.append(base.patcher(ids[start : start + batch_size], mask[start : start + batch_size]).entropies)
-    entropies = torch.cat(chunks)
-    rule = PatchingRule.from_config(
-        base.config, mode="entropy", monotonicity=rule_name == "monotonic",
-        threshold_add=threshold_add if rule_name == "combined" else None,
-    )
-    if rule_name == "combined" and threshold_add is None:
-        raise ValueError("--rule combined needs --threshold-add")
-
-    def size(threshold):
-        return bytes_per_patch(PatchingRule(**{**rule.__dict__, "threshold": threshold}), ids, mask, entropies)
-
-    low, high = -float(entropies.max()) - 1.0, float(entropies.max()) + 1.0
-    if not size(low) <= target <= size(high):
-        raise ValueError(
-            f"target {target} bytes per patch is outside what this rule reaches on this text "
-            f"({size(low):.3f} .. {size(high):.3f})"
-        )
-    for _ in range(60):
-        middle = (low + high) / 2
-        if size(middle) < target:
-            low = middle
-        else:
-            high = middle
-    threshold = high
-    return threshold, size(threshold)
-
-
 def _write_config_atomically(config: BLTConfig, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
@@ -224,32 +45,8 @@ def _write_config_atomically(config: BLTConfig, directory: Path) -> None:
         os.replace(Path(scratch) / "config.json", directory / "config.json")
 
 
-def evaluate_bits_per_byte(model_dir, files, row_length=2048, batch_size=8, split_paragraphs=False) -> dict:
-    """Bits per byte of text files (one document per file or paragraph) and the FLOPs per byte actually spent."""
-    from .data import add_patch_lengths, pack_documents, text_dataset
-    from .flops import realised_flops
-    from .metrics import bits_per_byte
-
-    model, _ = _load(model_dir)
-    rows = add_patch_lengths(pack_documents(text_dataset(files=files, split_paragraphs=split_paragraphs), row_length),
-                             model)
-    result = bits_per_byte(model, rows, batch_size)
-    lengths = torch.zeros(len(rows), max(len(r) for r in rows["patch_lengths"]), dtype=torch.long)
-    for i, row in enumerate(rows["patch_lengths"]):
-        lengths[i, : len(row)] = torch.tensor(row)
-    flops = realised_flops(model.config, lengths, torch.tensor([sum(m) for m in rows["attention_mask"]]))
-    from .flops import llama_flops_per_token
-
-    result.update(
-        files=len(files), bytes_per_patch=flops["bytes_per_patch"], forward_flops_per_byte=flops["flops_per_byte"],
-        # a byte-level Llama built from the same transformer layers as the global model, run on every byte
-        llama_same_layers_forward_flops_per_byte=llama_flops_per_token(model.config.global_config, row_length, 260),
-    )
-    return result
-
-
 def _save_model_atomically(model, directory: Path) -> None:
-    from .tokenization_blt_hf import BLTTokenizer
+    from ..tokenization_blt_hf import BLTTokenizer
 
     if directory.exists() and any(directory.iterdir()):
         raise ValueError(f"{directory} exists and is not empty")
@@ -266,12 +63,13 @@ def _save_model_atomically(model, directory: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "lm-eval":
-        from .lm_eval_adapter import main as lm_eval_main
+        require("lm_eval")
+        from ..evaluation.lm_eval_adapter import main as lm_eval_main
 
         lm_eval_main(argv[1:])
         return 0
     if argv and argv[0] in ("train", "train-entropy", "train-byte-llama"):
-        from .train import parse_options, train_blt, train_byte_llama, train_entropy_model
+        from ..training.entry_points import parse_options, train_blt, train_byte_llama, train_entropy_model
 
         entry, description = {
             "train": (train_blt, "train a BLT"),
@@ -355,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(push(args.folder, args.repo_id, args.model_card, args.private, args.token))
         return 0
     if args.command == "robustness":
-        from .robustness import run_suite
+        from ..evaluation.robustness import run_suite
 
         print(run_suite(args.model, args.output, args.hellaswag, args.limit, args.batch_size,
                         words_file=args.words_file, results_json=args.results_json))
@@ -365,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.split_paragraphs)))
         return 0
     if args.command == "convert-meta":
-        from .conversion_meta import convert_meta, convert_meta_entropy_model
+        from ..convert.meta import convert_meta, convert_meta_entropy_model
 
         if args.entropy_only:
             convert_meta_entropy_model(args.source, args.destination)
@@ -374,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.destination}")
         return 0
     if args.command == "convert-transformers":
-        from .conversion_transformers import convert_from_transformers, convert_to_transformers
+        from ..convert.transformers_blt import convert_from_transformers, convert_to_transformers
 
         convert = convert_to_transformers if args.to_transformers else convert_from_transformers
         convert(args.source, args.destination)
         print(f"wrote {args.destination}")
         return 0
     if args.command == "convert-llama":
-        from .conversion_llama import convert_llama
+        from ..convert.llama import convert_llama
 
         options = dict(cross_attn_k=args.cross_attn_k, local_hidden_size=args.local_hidden_size,
                        local_heads=args.local_heads, encoder_layers=args.encoder_layers,
@@ -393,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.destination}")
         return 0
     if args.command == "patch":
-        model, _ = _load(_model_argument(args.model))
+        model, _ = load_model_and_tokenizer(_model_argument(args.model))
         report = patch_report(model, args.text)
         if args.json:
             printable = {**report, "bytes": report["bytes"].decode("utf-8", "replace")}
             print(json.dumps(printable))
         else:
-            print(_show(report))
+            print(show_report(report))
         if args.plot:
             plot_report(report, args.plot)
             print(f"plot written to {args.plot}", file=sys.stderr)
@@ -407,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "calibrate":
         output = args.output or (None if args.model else "blt-hf-calibrated")
         model_dir = _model_argument(args.model)
-        model, _ = _load(model_dir)
+        model, _ = load_model_and_tokenizer(model_dir)
         threshold, achieved = calibrate_threshold(
             model, args.files, args.target_bytes_per_patch, args.rule, args.threshold_add, max_bytes=args.max_bytes
         )

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..configuration_blt_hf import BLTConfig
+from ..modeling_blt_hf import BLTForCausalLM
 from .checkpoints import (
     check_destination,
     check_tensors,
@@ -22,8 +24,6 @@ from .checkpoints import (
     read_json,
     write_folder_atomically,
 )
-from .configuration_blt_hf import BLTConfig
-from .modeling_blt_hf import BLTForCausalLM
 
 _STACK_FIELDS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
@@ -178,7 +178,7 @@ def convert_from_transformers(source: str | Path, destination: str | Path) -> BL
     """Convert a transformers Blt folder (model_type "blt") into a blt_hf folder, written atomically."""
     from transformers import BltConfig
 
-    from .tokenization_blt_hf import BLTTokenizer
+    from ..tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
     check_destination(destination)
