@@ -1,6 +1,9 @@
-"""conversion/convert_transformers.py: folders both ways, atomic output, clear errors."""
+"""transformers' Blt folders <-> blt_hf folders (blt-hf convert-transformers, conversion/convert_transformers.py):
+both ways, atomic output, clear errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,20 +13,20 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from blt_hf import BLTForCausalLM
 from blt_hf.convert.transformers_blt import convert_from_transformers, convert_to_transformers
-from conversion.convert_transformers import convert, main
+from blt_hf.tools.cli import main
 from tests.utils import random_ids, separated_threshold, tiny_hf_config, tiny_hf_model, tiny_model
 
 
 def test_transformers_folder_converts_to_blt_hf_and_back_with_the_same_logits(tmp_path):
     hf = tiny_hf_model(tiny_hf_config(window=16, threshold=5.0), seed=3)
     hf.save_pretrained(tmp_path / "hf")
-    convert(tmp_path / "hf", tmp_path / "ours")
+    convert_from_transformers(tmp_path / "hf", tmp_path / "ours")
     ours = BLTForCausalLM.from_pretrained(tmp_path / "ours")
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "blt_hf"
     ids = random_ids(120, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
-    convert(tmp_path / "ours", tmp_path / "back", to_transformers=True)
+    convert_to_transformers(tmp_path / "ours", tmp_path / "back")
     back = TransformersBlt.from_pretrained(tmp_path / "back")
     for name, tensor in hf.state_dict().items():
         assert torch.equal(back.state_dict()[name], tensor), name
@@ -35,9 +38,11 @@ def test_blt_hf_folder_round_trips_through_a_transformers_folder_exactly(tmp_pat
     with torch.no_grad():
         ours.config.patching_threshold = separated_threshold(ours.model.patcher(ids).entropies[:, 1:])
     ours.save_pretrained(tmp_path / "ours")
-    assert main([str(tmp_path / "ours"), str(tmp_path / "hf"), "--to-transformers"]) == 0
+    script = [sys.executable, "conversion/convert_transformers.py", str(tmp_path / "ours"), str(tmp_path / "hf")]
+    done = subprocess.run([*script, "--to-transformers"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "wrote" in done.stdout, done.stderr[-2000:]
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "blt"
-    assert main([str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert main(["convert-transformers", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
     assert "wrote" in capsys.readouterr().out
     back = BLTForCausalLM.from_pretrained(tmp_path / "back").eval()
     assert ours.state_dict().keys() == back.state_dict().keys()
@@ -119,7 +124,7 @@ def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination
 def test_wrong_checkpoint_type_fails_and_leaves_nothing_behind(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="'gpt2' checkpoint; expected model_type 'blt'"):
-        convert(tmp_path / "gpt2", tmp_path / "out")
+        convert_from_transformers(tmp_path / "gpt2", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["gpt2"]
 
@@ -127,5 +132,5 @@ def test_wrong_checkpoint_type_fails_and_leaves_nothing_behind(tmp_path):
 def test_missing_weights_fail_clearly(tmp_path):
     tiny_hf_model(tiny_hf_config(), seed=0).config.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="no .safetensors weights"):
-        convert(tmp_path / "hf", tmp_path / "out")
+        convert_from_transformers(tmp_path / "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()

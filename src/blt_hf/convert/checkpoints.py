@@ -21,30 +21,16 @@ from pathlib import Path
 
 import torch
 
+from ..pretrained import read_safetensors
+
 
 def load_state_dict(folder: str | Path, stem: str = "model", allow_torch_files: bool = True) -> dict[str, torch.Tensor]:
     """All tensors of `<stem>.safetensors` (single or sharded), or of `consolidated.pth` / `<stem>.bin` unless
     `allow_torch_files` is False. Torch files are read with `weights_only=True`: any other pickled object is refused."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise ValueError(f"{folder}: shards listed in {index.name} are missing: {missing}")
-        state = {}
-        for shard in shards:
-            state.update(load_file(folder / shard))
-        absent = sorted(set(weight_map) - set(state))
-        if absent:
-            raise ValueError(f"{folder}: tensors listed in {index.name} are absent from the shards: {absent[:10]}")
+    state = read_safetensors(folder, stem) if folder.is_dir() else None
+    if state is not None:
         return state
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return load_file(single)
     if not allow_torch_files:
         raise ValueError(
             f"{folder} has no .safetensors weights ({stem}.safetensors or its index; other formats are not read, "

@@ -258,6 +258,16 @@ def _finish(trainer, model, eval_rows, options, extra_save=None) -> dict:
     return metrics
 
 
+def _seeded_model(options: TrainOptions, model_class, read_config, preset_config):
+    """What the entry points share: threads and seed set, then the model of --model, --config or --preset."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    if options.model:
+        return model_class.from_pretrained(options.model)
+    return model_class(read_config(options.config) if options.config else preset_config(options.preset))
+
+
 def train_entropy_model(options: TrainOptions) -> dict:
     """Train a `BLTPatcher` (byte LM) on packed rows; report held-out bits per byte. Optimizer: Trainer's AdamW
     (betas 0.9 / 0.999) with `weight_decay` on every weight but biases and norms."""
@@ -268,15 +278,7 @@ def train_entropy_model(options: TrainOptions) -> dict:
     from .data import BLTDataCollator
     from .presets import patcher_config
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    if options.model:
-        model = BLTPatcher.from_pretrained(options.model)
-    elif options.config:
-        model = BLTPatcher(BLTPatcherConfig.from_json_file(options.config))
-    else:
-        model = BLTPatcher(patcher_config(options.preset))
+    model = _seeded_model(options, BLTPatcher, BLTPatcherConfig.from_json_file, patcher_config)
     train_rows = _train_rows(options)
     eval_rows = _eval_rows(options)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
@@ -360,15 +362,8 @@ def train_byte_llama(options: TrainOptions) -> dict:
     from .baselines import ByteLlamaForCausalLM, byte_llama_config
     from .data import BLTDataCollator
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    if options.model:
-        model = ByteLlamaForCausalLM.from_pretrained(options.model)
-    elif options.config:
-        model = ByteLlamaForCausalLM(LlamaConfig.from_json_file(options.config))
-    else:
-        model = ByteLlamaForCausalLM(byte_llama_config(options.preset, max_position_embeddings=options.row_length))
+    model = _seeded_model(options, ByteLlamaForCausalLM, LlamaConfig.from_json_file,
+                          lambda preset: byte_llama_config(preset, max_position_embeddings=options.row_length))
     train_rows = _train_rows(options)
     eval_rows = _eval_rows(options)
     callback = HeldOutBitsPerByte(eval_rows, options.eval_steps, options.batch_size)
