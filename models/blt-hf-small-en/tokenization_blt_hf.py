@@ -234,30 +234,12 @@ class BLTTokenizer(PreTrainedTokenizer):
 
 def _load_patcher_from_checkpoint(source: str, config: BLTConfig):
     """The entropy model's weights (`model.patcher.*`) read straight from the checkpoint's safetensors."""
-    from safetensors import safe_open
-    from transformers.utils.hub import cached_file
-
     from .patcher import BLTPatcher
+    from .pretrained import read_safetensors
 
-    prefix = "model.patcher."
-    files = []
-    index_file = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
-    if index_file is not None:
-        with open(index_file, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-        for name in sorted({f for key, f in weight_map.items() if key.startswith(prefix)}):
-            files.append(cached_file(source, name))
-    else:
-        single = cached_file(source, "model.safetensors", _raise_exceptions_for_missing_entries=False)
-        if single is None:
-            raise ValueError(f"no model.safetensors in {source!r}: cannot load the entropy model for patching")
-        files.append(single)
-    state = {}
-    for path in files:
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if key.startswith(prefix):
-                    state[key[len(prefix) :]] = handle.get_tensor(key)
+    state = read_safetensors(source, prefix="model.patcher.")
+    if state is None:
+        raise ValueError(f"no model.safetensors in {source!r}: cannot load the entropy model for patching")
     patcher = BLTPatcher(config.patcher_config)
     result = patcher.load_state_dict(state, strict=True)
     missing = [k for k in result.missing_keys if "rotary" not in k]
