@@ -1,4 +1,4 @@
-"""blt-hf patch / calibrate."""
+"""blt-hf patch / calibrate / help."""
 
 import json
 from pathlib import Path
@@ -114,3 +114,27 @@ def test_convert_transformers_command_gives_the_logits_of_transformers_blt(tmp_p
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="not empty|exists"):
         main(["convert-transformers", str(tmp_path / "hf"), str(tmp_path / "ours")])
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    listed = capsys.readouterr().out
+    for command in ("patch", "calibrate", "convert-llama", "convert-meta", "convert-transformers", "eval-bpb",
+                    "robustness", "push", "train", "train-entropy", "train-byte-llama", "lm-eval"):
+        assert f"    {command} " in listed or f"    {command}\n" in listed, command
+
+
+@pytest.mark.parametrize("command", ["train", "train-entropy", "train-byte-llama", "patch", "eval-bpb"])
+def test_each_subcommand_help_names_the_subcommand_in_its_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: blt-hf {command} ")
+
+
+def test_lm_eval_help_says_it_is_blt_hf_lm_eval(capsys):
+    with pytest.raises(SystemExit):
+        main(["lm-eval", "--help"])
+    assert capsys.readouterr().out.startswith("blt-hf lm-eval: lm-eval's own command line")
