@@ -37,6 +37,7 @@ def test_patch_json_lengths_sum_to_bytes_plus_one(checkpoint, capsys):
     main(["patch", TEXT, "--model", str(model_dir), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert sum(report["lengths"]) == len(TEXT.encode()) + 2 and len(report["entropies"]) == len(TEXT.encode()) + 1
+    assert report["patch_count"] == sum(1 for n in report["lengths"] if n) - (report["lengths"][-1] == 1)
 
 
 @pytest.mark.parametrize("rule, target", [("global", 4.5), ("monotonic", 2.5), ("combined", 3.0)])
@@ -78,6 +79,29 @@ def test_calibrate_without_a_model_uses_the_default_and_never_rewrites_it(checkp
     written = BLTConfig.from_pretrained(tmp_path / "blt-hf-calibrated")
     assert result["written_to"] == "blt-hf-calibrated"
     assert written.patching_threshold == pytest.approx(result["threshold"])
+
+
+@pytest.mark.parametrize("next_opens", [False, True])
+def test_printed_report_and_plot_title_give_the_same_patch_count(next_opens, tmp_path, monkeypatch):
+    """One count for both: BOS's own patch included, a patch holding only "the next byte" not."""
+    from matplotlib.figure import Figure
+
+    from blt_hf.cli import _show, plot_report
+
+    data = b"abcdef"  # positions 0 (BOS) .. 6, and 7 = the next byte
+    patches = [(0, 1), (1, 4), (4, 7), (7, 8)] if next_opens else [(0, 1), (1, 4), (4, 8)]
+    report = {"bytes": data, "patches": patches, "lengths": [e - s for s, e in patches], "entropies": [1.0] * 7,
+              "threshold": 0.5, "threshold_add": None, "monotonicity": False, "mode": "entropy"}
+    titles = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig.axes[0].get_title()),
+                                                                save(fig, *a, **k)))
+    plot_report(report, tmp_path / "plot.png")
+    printed = _show(report).splitlines()
+    assert printed[0] == "|<s>|abc|def|"
+    assert titles[0].startswith("6 bytes + BOS in 3 patches (BOS's own patch included")
+    assert printed[1].startswith(titles[0] + "; entropy patching")
+    assert ("next byte starts a new one" in titles[0]) == next_opens
 
 
 @pytest.mark.parametrize("rule", ["global", "monotonic", "combined"])
