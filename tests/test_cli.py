@@ -1,4 +1,4 @@
-"""blt-hf patch / calibrate."""
+"""blt-hf patch / calibrate / help."""
 
 import json
 from pathlib import Path
@@ -37,6 +37,7 @@ def test_patch_json_lengths_sum_to_bytes_plus_one(checkpoint, capsys):
     main(["patch", TEXT, "--model", str(model_dir), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert sum(report["lengths"]) == len(TEXT.encode()) + 2 and len(report["entropies"]) == len(TEXT.encode()) + 1
+    assert report["patch_count"] == sum(1 for n in report["lengths"] if n) - (report["lengths"][-1] == 1)
 
 
 @pytest.mark.parametrize("rule, target", [("global", 4.5), ("monotonic", 2.5), ("combined", 3.0)])
@@ -80,6 +81,29 @@ def test_calibrate_without_a_model_uses_the_default_and_never_rewrites_it(checkp
     assert written.patching_threshold == pytest.approx(result["threshold"])
 
 
+@pytest.mark.parametrize("next_opens", [False, True])
+def test_printed_report_and_plot_title_give_the_same_patch_count(next_opens, tmp_path, monkeypatch):
+    """One count for both: BOS's own patch included, a patch holding only "the next byte" not."""
+    from matplotlib.figure import Figure
+
+    from blt_hf.cli import _show, plot_report
+
+    data = b"abcdef"  # positions 0 (BOS) .. 6, and 7 = the next byte
+    patches = [(0, 1), (1, 4), (4, 7), (7, 8)] if next_opens else [(0, 1), (1, 4), (4, 8)]
+    report = {"bytes": data, "patches": patches, "lengths": [e - s for s, e in patches], "entropies": [1.0] * 7,
+              "threshold": 0.5, "threshold_add": None, "monotonicity": False, "mode": "entropy"}
+    titles = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig.axes[0].get_title()),
+                                                                save(fig, *a, **k)))
+    plot_report(report, tmp_path / "plot.png")
+    printed = _show(report).splitlines()
+    assert printed[0] == "|<s>|abc|def|"
+    assert titles[0].startswith("6 bytes + BOS in 3 patches (BOS's own patch included")
+    assert printed[1].startswith(titles[0] + "; entropy patching")
+    assert ("next byte starts a new one" in titles[0]) == next_opens
+
+
 @pytest.mark.parametrize("rule", ["global", "monotonic", "combined"])
 def test_patch_plot_draws_the_threshold_of_each_rule(checkpoint, tmp_path, rule):
     from matplotlib import image
@@ -114,3 +138,27 @@ def test_convert_transformers_command_gives_the_logits_of_transformers_blt(tmp_p
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="not empty|exists"):
         main(["convert-transformers", str(tmp_path / "hf"), str(tmp_path / "ours")])
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    listed = capsys.readouterr().out
+    for command in ("patch", "calibrate", "convert-llama", "convert-meta", "convert-transformers", "eval-bpb",
+                    "robustness", "push", "train", "train-entropy", "train-byte-llama", "lm-eval"):
+        assert f"    {command} " in listed or f"    {command}\n" in listed, command
+
+
+@pytest.mark.parametrize("command", ["train", "train-entropy", "train-byte-llama", "patch", "eval-bpb"])
+def test_each_subcommand_help_names_the_subcommand_in_its_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: blt-hf {command} ")
+
+
+def test_lm_eval_help_says_it_is_blt_hf_lm_eval(capsys):
+    with pytest.raises(SystemExit):
+        main(["lm-eval", "--help"])
+    assert capsys.readouterr().out.startswith("blt-hf lm-eval: lm-eval's own command line")

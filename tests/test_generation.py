@@ -243,17 +243,29 @@ def test_block_transformer_decoder_cache_is_dropped_at_each_patch_boundary():
     torch.testing.assert_close(out.logits[:, -1], full[:, -1], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["entropy", "static"])
-def test_twenty_thousand_generated_bytes_keep_local_caches_bounded(mode):
+def _generate_and_check_local_caches_stay_bounded(mode: str, new_bytes: int) -> None:
+    """Small windows and patches of at most 8 bytes: every local cache must stay that small at any length."""
     model = build_model(mode, seed=12, max_patch_length=8, encoder_config=dict(sliding_window=6),
                         decoder_config=dict(sliding_window=5))
     ids = random_ids(5, seed=12, batch=2)
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=20_000, min_new_tokens=20_000, do_sample=True, top_k=50,
+        out = model.generate(ids, max_new_tokens=new_bytes, min_new_tokens=new_bytes, do_sample=True, top_k=50,
                              return_dict_in_generate=True, eos_token_id=None)
     cache = out.past_key_values
-    assert out.sequences.shape[1] == 20_005 and cache.get_seq_length() == 20_004
+    assert out.sequences.shape[1] == 5 + new_bytes and cache.get_seq_length() == 4 + new_bytes
     sizes = cache.local_cache_sizes()
     assert sizes["patcher"] <= 6 and sizes["encoder"] <= 5 and sizes["decoder"] <= 4
     assert sizes["open_patch"] <= 8  # bounded by max_patch_length
-    assert int(cache.num_patches.min()) >= 20_004 // 8
+    assert int(cache.num_patches.min()) >= (4 + new_bytes) // 8
+
+
+@pytest.mark.parametrize("mode", ["entropy", "static"])
+def test_two_thousand_generated_bytes_keep_local_caches_within_their_windows(mode):
+    # 2,000 bytes are over 300x the largest window: a cache that grew with the generated length would fail here
+    _generate_and_check_local_caches_stay_bounded(mode, 2_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["entropy", "static"])
+def test_twenty_thousand_generated_bytes_keep_local_caches_bounded(mode):
+    _generate_and_check_local_caches_stay_bounded(mode, 20_000)

@@ -101,6 +101,43 @@ def test_patch_lengths_from_the_checkpoint_give_the_models_own_logits(tmp_path, 
     assert listed == [[n for n in row if n > 0] for row in batch["patch_lengths"].tolist()]
 
 
+def test_ragged_rows_as_tensors_need_padding_and_then_patch_lengths_are_zero_padded_on_the_right(tmp_path):
+    _checkpoint(tmp_path, has_patcher=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="padding=True"):
+        tok(TEXTS, return_patch_lengths=True, return_tensors="pt")
+    lengths = tok(TEXTS, return_patch_lengths=True, return_tensors="pt", padding=True)["patch_lengths"]
+    alone = [tok(text, return_patch_lengths=True)["patch_lengths"] for text in TEXTS]
+    assert lengths.shape == (len(TEXTS), max(len(row) for row in alone))
+    for row, own in zip(lengths.tolist(), alone, strict=True):
+        assert row == own + [0] * (lengths.shape[1] - len(own))
+
+
+def test_special_token_names_agree_across_tokenizer_shipped_config_and_readme():
+    """0 = BOE / pad `<pad>`, 1 = BOS `<s>`, 2 = EOS `</s>`, 3 = BPE delimiter / unk `<unk>`, everywhere."""
+    import json
+    import re
+    from pathlib import Path
+
+    from blt_hf import BLTConfig
+
+    repo = Path(__file__).resolve().parent.parent
+    shipped_dir = repo / "models" / "blt-hf-small-en"
+    names = {0: "<pad>", 1: "<s>", 2: "</s>", 3: "<unk>"}
+    for tokenizer in (BLTTokenizer(), AutoTokenizer.from_pretrained(shipped_dir)):
+        assert tokenizer.convert_ids_to_tokens(list(names)) == list(names.values())
+        assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (
+            0, 1, 2, 3)
+    shipped = json.loads((shipped_dir / "tokenizer_config.json").read_text())
+    assert {int(i): entry["content"] for i, entry in shipped["added_tokens_decoder"].items()} == names
+    config = BLTConfig.from_pretrained(shipped_dir)
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 1, 2)
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ids = re.search(r"\*\*Ids\.\*\*(.*?)\n\n", readme, re.S)[1].replace("\n", " ")
+    for number, role in ((0, "BOE, also the pad id"), (1, "BOS"), (2, "EOS"), (3, "the official BPE delimiter")):
+        assert re.search(rf"{number} = {role}[^;]*`{re.escape(names[number])}`", ids), (number, ids)
+
+
 def test_checkpoint_holds_one_copy_of_the_entropy_model(tmp_path):
     _checkpoint(tmp_path)
     weight_files = [f for f in os.listdir(tmp_path) if f.endswith((".safetensors", ".bin", ".pt"))]

@@ -1,11 +1,15 @@
-"""`BLTTokenizer`: UTF-8 bytes as ids (byte + 4) with BOS = 1, EOS = 2, pad = 0, and optional patch lengths.
+"""`BLTTokenizer`: UTF-8 bytes as ids (byte + 4) with special ids 0-3, and optional patch lengths.
+
+Special ids and their token strings: 0 = BOE, also the pad id (`pad_token` "<pad>"); 1 = BOS ("<s>"); 2 = EOS
+("</s>"); 3 = the official BPE delimiter, never produced here (`unk_token` "<unk>").
 
 * `tokenizer(texts)` adds BOS and never EOS (unless `add_eos_token=True`); literal "<s>" / "</s>" in the text stay
   bytes.
-* `tokenizer(texts, return_patch_lengths=True, return_tensors="pt")` also returns `patch_lengths`, computed by the
-  patching rule and entropy model of the BLT checkpoint the tokenizer was loaded from (its `model.safetensors`; no
-  second copy of the weights), or of a model attached with `attach_model`. Feeding them to the model gives the
-  logits it computes when it patches by itself.
+* `tokenizer(texts, return_patch_lengths=True, return_tensors="pt", padding=True)` also returns `patch_lengths`,
+  computed by the patching rule and entropy model of the BLT checkpoint the tokenizer was loaded from (its
+  `model.safetensors`; no second copy of the weights), or of a model attached with `attach_model`. Feeding them to
+  the model gives the logits it computes when it patches by itself. As tensors they are padded on the right with
+  zeros to the batch's largest patch count; ragged rows without `padding` fail as `input_ids` do.
 * `encode_bytes` / `decode_bytes` round-trip arbitrary bytes, invalid UTF-8 included; `decode` never raises:
   invalid UTF-8 becomes U+FFFD, except lone surrogates written by `encode`, which come back as themselves, so that
   `decode(encode(s)) == s` for every Python string.
@@ -63,7 +67,8 @@ class BLTTokenizer(PreTrainedTokenizer):
         def special(token):
             return AddedToken(token, special=True, normalized=False) if isinstance(token, str) else token
 
-        # fixed special ids: 0 = BOE/pad, 1 = BOS, 2 = EOS, 3 = the official BPE delimiter (never produced here)
+        # fixed special ids: 0 = BOE/pad "<pad>", 1 = BOS, 2 = EOS, 3 = the official BPE delimiter "<unk>" (never
+        # produced here; unknown token strings map to it)
         self._added_tokens_decoder = {
             BOE_ID: special(pad_token), BOS_ID: special(bos_token), EOS_ID: special(eos_token),
             BPE_DELIMITER_ID: special(unk_token),

@@ -60,26 +60,38 @@ def _save_model_atomically(model, directory: Path) -> None:
         os.makedirs(scratch)  # let TemporaryDirectory clean up an empty folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "lm-eval":
+# commands whose options another parser owns: listed in `blt-hf --help`, their arguments passed on untouched
+DELEGATED_COMMANDS = {
+    "train": "train a BLT",
+    "train-entropy": "train a BLT entropy model (a byte LM)",
+    "train-byte-llama": "train the byte-level Llama baseline on the same data",
+    "lm-eval": "lm-eval-harness's own command line with the blt_hf model type registered",
+}
+
+
+def _run_delegated(command: str, rest: list[str]) -> int:
+    if command == "lm-eval":
         require("lm_eval")
         from ..evaluation.lm_eval_adapter import main as lm_eval_main
 
-        lm_eval_main(argv[1:])
+        if {"-h", "--help"} & set(rest):
+            print("blt-hf lm-eval: lm-eval's own command line (its options below) with `--model blt_hf` registered")
+        lm_eval_main(rest)
         return 0
-    if argv and argv[0] in ("train", "train-entropy", "train-byte-llama"):
-        from ..training.entry_points import parse_options, train_blt, train_byte_llama, train_entropy_model
+    from ..training.entry_points import parse_options, train_blt, train_byte_llama, train_entropy_model
 
-        entry, description = {
-            "train": (train_blt, "train a BLT"),
-            "train-entropy": (train_entropy_model, "train a BLT entropy model (byte LM)"),
-            "train-byte-llama": (train_byte_llama, "train the byte-level Llama baseline on the same data"),
-        }[argv[0]]
-        entry(parse_options(argv[1:], description))
-        return 0
-    parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools")
-    commands = parser.add_subparsers(dest="command", required=True)
+    entry = {"train": train_blt, "train-entropy": train_entropy_model, "train-byte-llama": train_byte_llama}[command]
+    entry(parse_options(rest, DELEGATED_COMMANDS[command], prog=f"blt-hf {command}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED_COMMANDS:
+        return _run_delegated(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools",
+                                     epilog="blt-hf COMMAND --help shows a command's options")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     patch = commands.add_parser("patch", help="split a text into patches and show per-byte entropies")
     patch.add_argument("text")
@@ -145,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     hub.add_argument("--model-card", help="README.md to upload when the folder has none (e.g. MODEL_CARD.md)")
     hub.add_argument("--private", action="store_true")
     hub.add_argument("--token", help="a Hub token (default: the logged-in one)")
+
+    for name, summary in DELEGATED_COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)  # parsed by _run_delegated, never here
 
     args = parser.parse_args(argv)
     if args.command == "push":

@@ -42,7 +42,7 @@ def patch_report(model, text: str) -> dict:
     for n in lengths:
         patches.append((position, min(position + n, len(data) + 1)))
         position += n
-    return {
+    report = {
         "bytes": data,
         "patches": patches,  # [start, end) in positions of ids (0 = BOS); the last may include the virtual position
         "lengths": lengths,
@@ -52,6 +52,20 @@ def patch_report(model, text: str) -> dict:
         "monotonicity": rule.monotonicity if rule.needs_entropies else False,
         "mode": rule.mode,
     }
+    report["patch_count"] = patch_count(report)
+    return report
+
+
+def patch_count(report: dict) -> int:
+    """Patches holding bytes of the row: BOS's own patch counts, a last patch holding only "the next byte" does not."""
+    return sum(1 for start, _ in report["patches"] if start <= len(report["bytes"]))
+
+
+def patch_summary(report: dict) -> str:
+    """The one sentence on patch counts that the printed report and the plot share."""
+    next_opens = report["patches"][-1][0] == len(report["bytes"]) + 1
+    return (f"{len(report['bytes'])} bytes + BOS in {patch_count(report)} patches (BOS's own patch included"
+            + ("; the next byte starts a new one)" if next_opens else ")"))
 
 
 def show_report(report: dict) -> str:
@@ -62,14 +76,11 @@ def show_report(report: dict) -> str:
         body = (b"<s>" if start == 0 else b"") + data[max(start - 1, 0) : max(end - 1, 0)]
         return body.decode("utf-8", "replace")
 
-    patches = report["patches"]
-    next_opens = patches[-1][0] == len(data) + 1  # the last "patch" holds only the virtual next position
-    shown = patches[:-1] if next_opens else patches
+    shown = report["patches"][: patch_count(report)]
     lines = ["|" + "|".join(piece(s, e) for s, e in shown) + "|"]
     lines.append(
-        f"{len(data)} bytes in {len(shown)} patches ({report['mode']} patching"
+        patch_summary(report) + f"; {report['mode']} patching"
         + (f", threshold {report['threshold']:.4f} nats" if report["threshold"] is not None else "")
-        + ("; the next byte starts a new patch)" if next_opens else ")")
     )
     if report["entropies"] is not None:
         starts = {s for s, _ in report["patches"]}
@@ -110,7 +121,7 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_xlim(0.5, len(entropies) + 0.5)
     ax.set_ylabel("nats")
-    ax.set_title(f"{len(report['patches']) - 1} patches over {len(report['bytes'])} bytes (+ BOS)")
+    ax.set_title(patch_summary(report), fontsize=9)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

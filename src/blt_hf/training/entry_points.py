@@ -70,8 +70,9 @@ class TrainOptions:
     threads: int | None = None
 
 
-def parse_options(argv: list[str] | None, description: str, defaults: dict | None = None) -> TrainOptions:
-    parser = argparse.ArgumentParser(description=description)
+def parse_options(argv: list[str] | None, description: str, defaults: dict | None = None,
+                  prog: str | None = None) -> TrainOptions:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--options", help="JSON file with option values (flags given here win)")
     for item in fields(TrainOptions):
         flag = "--" + item.name.replace("_", "-")
