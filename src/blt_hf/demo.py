@@ -32,12 +32,12 @@ def cut_at_word_boundary(text: str) -> str:
     return text[:cut].rstrip() if cut > 0 else text
 
 
-def speed_context(measured: float, threads: int) -> str:
-    """The demo's decode speed beside the machine's load and the shipped model's recorded benchmark."""
+def speed_context(measured: float, threads: int, shipped: bool) -> str:
+    """The demo's decode speed beside the machine's load and, for the shipped model, its recorded benchmark."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     line = (f"cached greedy decoding: {measured:.0f} bytes/s (256 bytes, batch 1, {threads} threads; load average "
             f"{load:.1f} over the last minute on {os.cpu_count()} cores: other work on the machine slows this)")
-    if SHIPPED_SUMMARY.is_file():
+    if shipped and SHIPPED_SUMMARY.is_file():
         recorded = json.loads(SHIPPED_SUMMARY.read_text())["runs"]["blt-entropy"]["decode_bytes_per_s"]
         line += (f"\n  compare: this model (blt-entropy) decoded {recorded:.0f} bytes/s when it was shipped "
                  f"(512 bytes, batch 1, 2 threads; {SHIPPED_SUMMARY.relative_to(REPO)}, README's Default model table)")
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     threshold = config.patching_threshold
     print(f"{folder.name}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
           f"parameters; {config.patching_mode} patching by its own entropy model at threshold {threshold:.3f} nats\n"
-          f"  (calibrated for this model; README's {RELEASED_THRESHOLD:.4f} nats belongs to the entropy model of "
+          f"  (this checkpoint's own; README's {RELEASED_THRESHOLD:.4f} nats belongs to the entropy model of "
           f"Meta's released 7B BLT)\n")
 
     report = patch_report(model, args.text)
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     cached, cached_speed = _generate(model, ids, 256, do_sample=False)
     uncached, uncached_speed = _generate(model, ids, 64, do_sample=False, use_cache=False)
     same = torch.equal(cached[:, : uncached.shape[1]], uncached)
-    print(speed_context(cached_speed, torch.get_num_threads()))
+    print(speed_context(cached_speed, torch.get_num_threads(), folder.resolve() == DEFAULT_MODEL.resolve()))
     print(f"full recomputation (no cache): {uncached_speed:.0f} bytes/s (64 bytes); first 64 greedy bytes identical "
           f"to cached decoding: {same}")
     if not same:
