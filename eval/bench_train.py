@@ -3,8 +3,8 @@
 The 70M benchmark configuration (shared/reference/transformers-blt.md), random weights built by transformers and
 converted into blt_hf, fp32 on CPU with 2 threads. Both models get identical `patch_lengths` (space-like patches of
 the Debian license texts) and the same labels; the losses are asserted equal. blt_hf also runs with activation
-checkpointing (`gradient_checkpointing_enable()`), the memory-lean setting. Each (implementation, shape) runs in
-its own process so that peak memory is measured cleanly.
+checkpointing (`activation_checkpointing_enable()`), the memory-lean setting. Each (implementation, shape) runs
+in its own process so that peak memory is measured cleanly.
 
     python eval/bench_train.py                      # batch 4 x 1024 and 1 x 8192
     python eval/bench_train.py --shapes 2x512 --steps 2
@@ -48,7 +48,7 @@ def worker(impl: str, batch: int, length: int, steps: int, threads: int) -> dict
     model = reference if impl == "transformers" else from_transformers(reference)
     del reference
     if impl == "blt_hf_checkpointed":  # activation checkpointing: layer inputs kept, the rest recomputed
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     ids = byte_rows(license_text(), batch, length)
     patch_lengths = space_like_patch_lengths(ids)

@@ -86,7 +86,7 @@ def test_printed_report_and_plot_title_give_the_same_patch_count(next_opens, tmp
     """One count for both: BOS's own patch included, a patch holding only "the next byte" not."""
     from matplotlib.figure import Figure
 
-    from blt_hf.cli import _show, plot_report
+    from blt_hf.tools.reports import plot_report, show_report
 
     data = b"abcdef"  # positions 0 (BOS) .. 6, and 7 = the next byte
     patches = [(0, 1), (1, 4), (4, 7), (7, 8)] if next_opens else [(0, 1), (1, 4), (4, 8)]
@@ -97,7 +97,7 @@ def test_printed_report_and_plot_title_give_the_same_patch_count(next_opens, tmp
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig.axes[0].get_title()),
                                                                 save(fig, *a, **k)))
     plot_report(report, tmp_path / "plot.png")
-    printed = _show(report).splitlines()
+    printed = show_report(report).splitlines()
     assert printed[0] == "|<s>|abc|def|"
     assert titles[0].startswith("6 bytes + BOS in 3 patches (BOS's own patch included")
     assert printed[1].startswith(titles[0] + "; entropy patching")

@@ -61,10 +61,25 @@ def test_make_demo_runs_on_the_shipped_model(tmp_path):
     demo = [sys.executable, "-m", "blt_hf.tools.demo", "--plot", str(tmp_path / "patches.png")]
     done = subprocess.run(demo, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "entropy patching, threshold" in done.stdout and "--- patches" in done.stdout
-    assert "first 64 bytes identical: True" in done.stdout
-    assert "held-out bits per byte" in done.stdout
+    out = done.stdout
+    assert "entropy patching by its own entropy model at threshold 2.416 nats" in out
+    assert "1.3354 nats belongs to the entropy model of Meta's released 7B BLT" in out
+    assert "--- patches" in out and "bytes + BOS in" in out
+    prompt, continuation = re.search(r'prompt: +"(.*)"\ncontinuation: +"(.*?)"\n', out, re.S).groups()
+    assert prompt == "The President said that the nation" and continuation and not continuation[-1].isspace()
+    assert "load average" in out and re.search(r"decoded \d+ bytes/s when it was shipped", out)
+    assert "first 64 greedy bytes identical to cached decoding: True" in out
+    assert "held-out bits per byte" in out
+    assert "Loading weights" not in done.stderr
     assert (tmp_path / "patches.png").stat().st_size > 10_000
+
+
+def test_demo_sample_is_cut_at_the_last_word_boundary():
+    from blt_hf.tools.demo import cut_at_word_boundary
+
+    assert cut_at_word_boundary("s to open the defen") == "s to open the"
+    assert cut_at_word_boundary(" of the nation.\nPres") == " of the nation."
+    assert cut_at_word_boundary("unbroken") == "unbroken"
 
 
 def test_shipped_remote_code_is_the_current_package_code():

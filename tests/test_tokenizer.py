@@ -132,10 +132,10 @@ def test_special_token_names_agree_across_tokenizer_shipped_config_and_readme():
     assert {int(i): entry["content"] for i, entry in shipped["added_tokens_decoder"].items()} == names
     config = BLTConfig.from_pretrained(shipped_dir)
     assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 1, 2)
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    ids = re.search(r"\*\*Ids\.\*\*(.*?)\n\n", readme, re.S)[1].replace("\n", " ")
-    for number, role in ((0, "BOE, also the pad id"), (1, "BOS"), (2, "EOS"), (3, "the official BPE delimiter")):
-        assert re.search(rf"{number} = {role}[^;]*`{re.escape(names[number])}`", ids), (number, ids)
+    for document in ("README.md", "MODEL_CARD.md"):
+        text = (repo / document).read_text(encoding="utf-8").replace("\n", " ")
+        for number, role in ((0, "BOE, also the pad id"), (1, "BOS"), (2, "EOS"), (3, "BPE delimiter")):
+            assert re.search(rf"{number} = [^;]*{role}[^;]*`{re.escape(names[number])}`", text), (document, number)
 
 
 def test_checkpoint_holds_one_copy_of_the_entropy_model(tmp_path):

@@ -311,7 +311,7 @@ def test_block_transformer_decoder_trains_with_attention_only_within_each_patch(
         expected = model(ids, patch_lengths=patch_lengths, use_cache=False).logits
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         assert all(layer.gradient_checkpointing for layer in model.model.local_decoder.layers)
     for target in (length // 2, length - 2):
         for local_attention in (True, False):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,26 @@ from .reports import DEFAULT_MODEL, REPO
 HELD_OUT_SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 PROMPT = "The President said that the nation"
+SHIPPED_SUMMARY = REPO / "eval" / "results" / "shipped" / "summary.json"
+RELEASED_THRESHOLD = 1.335442066192627  # Meta's released 7B BLT's entropy model (the BLTConfig default)
+
+
+def cut_at_word_boundary(text: str) -> str:
+    """`text` up to its last space or line break (all of it when it has none)."""
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return text[:cut].rstrip() if cut > 0 else text
+
+
+def speed_context(measured: float, threads: int, shipped: bool) -> str:
+    """The demo's decode speed beside the machine's load and, for the shipped model, its recorded benchmark."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    line = (f"cached greedy decoding: {measured:.0f} bytes/s (256 bytes, batch 1, {threads} threads; load average "
+            f"{load:.1f} over the last minute on {os.cpu_count()} cores: other work on the machine slows this)")
+    if shipped and SHIPPED_SUMMARY.is_file():
+        recorded = json.loads(SHIPPED_SUMMARY.read_text())["runs"]["blt-entropy"]["decode_bytes_per_s"]
+        line += (f"\n  compare: this model (blt-entropy) decoded {recorded:.0f} bytes/s when it was shipped "
+                 f"(512 bytes, batch 1, 2 threads; {SHIPPED_SUMMARY.relative_to(REPO)}, README's Default model table)")
+    return line
 
 
 def _generate(model, ids, new_bytes: int, **options):
@@ -43,9 +64,14 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
+    from datasets import disable_progress_bars as disable_dataset_progress_bars
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     import blt_hf  # noqa: F401  (registers the classes with the Auto API)
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    disable_dataset_progress_bars()  # nor the held-out measurement's packing / patching bars
 
     from ..evaluation.metrics import evaluate_bits_per_byte
     from .reports import patch_report, plot_report, show_report
@@ -53,8 +79,11 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = model.config
+    threshold = config.patching_threshold
     print(f"{folder.name}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          f"parameters; {config.patching_mode} patching, threshold {config.patching_threshold:.3f} nats\n")
+          f"parameters; {config.patching_mode} patching by its own entropy model at threshold {threshold:.3f} nats\n"
+          f"  (this checkpoint's own; README's {RELEASED_THRESHOLD:.4f} nats belongs to the entropy model of "
+          f"Meta's released 7B BLT)\n")
 
     report = patch_report(model, args.text)
     print("--- patches (entropy model's next-byte entropy; a patch starts where it exceeds the threshold) ---")
@@ -63,14 +92,18 @@ def main(argv=None) -> None:
 
     ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     sampled, _ = _generate(model, ids, 160, do_sample=True, top_p=0.9, temperature=0.8)
-    print("--- sampled continuation (cached generation, top-p 0.9, temperature 0.8) ---")
-    print(tokenizer.decode(sampled[0], skip_special_tokens=True) + "\n")
+    continuation = cut_at_word_boundary(tokenizer.decode(sampled[0, ids.shape[1] :], skip_special_tokens=True))
+    print("--- sampled continuation (cached generation, top-p 0.9, temperature 0.8; 160 bytes sampled, shown up "
+          "to the last word boundary) ---")
+    print(f'prompt:        "{args.prompt}"')
+    print(f'continuation:  "{continuation}"\n')
 
     cached, cached_speed = _generate(model, ids, 256, do_sample=False)
     uncached, uncached_speed = _generate(model, ids, 64, do_sample=False, use_cache=False)
     same = torch.equal(cached[:, : uncached.shape[1]], uncached)
-    print(f"greedy decoding: cached {cached_speed:.0f} bytes/s (256 bytes), full recomputation "
-          f"{uncached_speed:.0f} bytes/s (64 bytes); first 64 bytes identical: {same}")
+    print(speed_context(cached_speed, torch.get_num_threads(), folder.resolve() == DEFAULT_MODEL.resolve()))
+    print(f"full recomputation (no cache): {uncached_speed:.0f} bytes/s (64 bytes); first 64 greedy bytes identical "
+          f"to cached decoding: {same}")
     if not same:
         raise SystemExit("cached generation differs from full recomputation")
 
