@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blt_hf import BLTPatcher, PatchingRule, compute_patch_lengths
-from blt_hf.cache import PatchingState
-from blt_hf.patching import patch_lengths_from_starts, row_start_flags
+from blt_hf.patching import PatchingState, patch_lengths_from_starts, row_start_flags
 from tests.utils import random_ids, separated_threshold, text_ids, tiny_hf_config, tiny_hf_model, tiny_model
 
 H = torch.tensor([[9.0, 0.5, 2.0, 0.2, 0.3, 1.5, 0.1, 3.0]])  # H[p]: uncertainty about byte p + 1
