@@ -8,9 +8,10 @@ Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tes
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
   matrices made once per patch.
 
-`fast_paths_eligible` is the one check that lets a stack call take them; `BLTConfig.fast_decoding=False` (carried by the
-caches) turns them off, with the other one-byte shortcuts (the unmasked attention step in `masks.py`, the patching
-rule's one-byte step in `patching.py`). `naive_layer` is the readable float64 reference of a layer.
+`fast_paths_eligible` is the one check that lets a stack call take them. The switch `BLTConfig.fast_decoding`
+(carried by the caches) turns them off together with the other one-byte shortcuts: the unmasked attention step
+(`masks.py`) and the patching rule's one-byte step (`patching.py`). `naive_layer` is the readable float64 reference
+of a layer.
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class BLTModel(BLTPreTrainedModel):
             documents = documents_from_positions(document_positions, valid)
 
         # 1. patching: where the chunk's patches start and which close
-        patches = self._chunk_patches(ids, positions, valid, cache, patch_lengths, documents, document_positions)
+        patches = self._chunk_patches(ids, positions, valid, cache, patch_lengths, documents=documents,
+                                      document_positions=document_positions)
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
@@ -255,7 +256,7 @@ class BLTModel(BLTPreTrainedModel):
             cache = BLTCache(self.config, batch, device)
         return cache, use_cache
 
-    def _chunk_patches(self, ids, positions, valid, cache, patch_lengths=None, documents=None,
+    def _chunk_patches(self, ids, positions, valid, cache, patch_lengths=None, *, documents=None,
                        document_positions=None) -> ChunkPatches:
         """Where the chunk's patches start: the patching rule (continuing the cache's state), or `patch_lengths`."""
         batch, device = ids.shape[0], ids.device
@@ -264,8 +265,9 @@ class BLTModel(BLTPreTrainedModel):
         if patch_lengths is None or cache is not None:  # a cache continues with the rule afterwards
             initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
             starts, next_starts, state, _ = compute_patch_starts(
-                self.patching_rule, ids, positions, valid, initial, self.patcher,
-                cache.patcher if cache is not None else None, documents, document_positions, self.config.fast_decoding,
+                self.patching_rule, ids, positions, valid, initial, patcher=self.patcher,
+                patcher_cache=cache.patcher if cache is not None else None, documents=documents,
+                document_positions=document_positions, one_byte_step=self.config.fast_decoding,
             )
         if patch_lengths is not None:
             starts, next_starts, pending_start = self._starts_from_lengths(

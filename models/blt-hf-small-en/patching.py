@@ -284,7 +284,7 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
     return lengths[:, :num_patches]
 
 
-def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None, documents=None,
+def compute_patch_starts(rule, ids, positions, valid, state, *, patcher=None, patcher_cache=None, documents=None,
                          document_positions=None, one_byte_step: bool = True):
     """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies).
 
@@ -349,9 +349,9 @@ def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=Non
     no_bytes_yet = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
     for chunk, positions in chunks(valid, chunk_size if cache is not None else None, no_bytes_yet):
         starts, next_starts, state, entropies = compute_patch_starts(
-            rule, ids[:, chunk], positions, valid[:, chunk], state, patcher, cache,
-            None if documents is None else documents[:, chunk],
-            None if position_ids is None else position_ids[:, chunk].long(),
+            rule, ids[:, chunk], positions, valid[:, chunk], state, patcher=patcher, patcher_cache=cache,
+            documents=None if documents is None else documents[:, chunk],
+            document_positions=None if position_ids is None else position_ids[:, chunk].long(),
         )
         all_starts.append(starts)
         all_next.append(next_starts)
