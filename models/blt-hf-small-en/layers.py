@@ -178,7 +178,7 @@ class BLTSelfAttention(nn.Module):
 class BLTTransformerLayer(GradientCheckpointingLayer):
     """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    One-byte decoding steps of the local stacks run it as `decoding.layer_step`, an exact rewrite in fewer kernels.
+    One-byte decoding steps of the local stacks run it as `decoding.fast_layer_step`, an exact rewrite in fewer kernels.
     """
 
     def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx):

@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 
 from .cache import BLTCache, select_patch
 from .configuration_blt_hf import BOE_ID, BLTConfig
-from .decoding import fast_paths_eligible
+from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
 from .hashing import BLTHashNgramEmbedding
 from .local_decoder import BLTLocalDecoder
@@ -219,13 +219,13 @@ class BLTModel(BLTPreTrainedModel):
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
-        patch_kv, byte_patch, slot_readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states)
+        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states)
         hidden, decoder_hidden = self.local_decoder(
-            byte_states, positions, decoder_plan, patch_kv, byte_patch, output_hidden_states, slot_readouts
+            byte_states, positions, decoder_plan, patch_kv, byte_patch, output_hidden_states, readouts
         )
 
         if cache is not None:
-            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, slot_readouts)
+            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts)
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
             flags = row_start_flags(patches.starts, patches.next_starts, positions, valid)
@@ -302,15 +302,15 @@ class BLTModel(BLTPreTrainedModel):
         current = cache.current_patch_kv if cache is not None else None
         patch_kv = self.local_decoder.patch_table(current, new_patch_kv, byte_states.shape[0], byte_states.device,
                                                   byte_states.dtype)
-        byte_patch, slot_readouts = patches.decoder_patch, None
+        byte_patch, readouts = patches.decoder_patch, None
         if byte_states.shape[1] == 1 and cache is not None:
             if patches.num_new > 0:
                 patch_kv, byte_patch = select_patch(patch_kv, byte_patch), torch.zeros_like(byte_patch)
             if fast_paths_eligible(byte_states, cache):
-                slot_readouts = cache.current_patch_readouts if patches.num_new == 0 else None
-                if slot_readouts is None:
-                    slot_readouts = self.local_decoder.slot_readouts(patch_kv)
-        return patch_kv, byte_patch, slot_readouts
+                readouts = cache.current_patch_readouts if patches.num_new == 0 else None
+                if readouts is None:
+                    readouts = slot_readouts(self.local_decoder.cross_attn_layers, patch_kv)
+        return patch_kv, byte_patch, readouts
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTLocalDecoderConfig
-from .decoding import fast_layer_step, fast_paths_eligible, read_slots, slot_readouts
+from .decoding import fast_layer_step, fast_paths_eligible, read_slots
 from .layers import BLTCrossAttention, BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 
 
@@ -50,14 +50,10 @@ class BLTLocalDecoder(nn.Module):
             for (ck, cv), (nk, nv) in zip(current_patch_kv, new_patch_kv, strict=True)
         ]
 
-    def slot_readouts(self, patch_kv) -> list | None:
-        """Per cross-attention layer, the `slot_readout` (decoding.py) of one patch per row, or None."""
-        return slot_readouts(self.cross_attn_layers, patch_kv)
-
     def forward(self, byte_states, positions, attention_plan, patch_kv, byte_patch, output_hidden_states=False,
                 slot_readouts=None):
         """byte_states [B, n, d] (the encoder's); byte_patch [B, n] indexes the patches of `patch_kv`.
-        slot_readouts (one byte per row, no autograd): `slot_readouts(patch_kv)`, read instead of `patch_kv`.
+        slot_readouts (one byte per row, no autograd): `decoding.slot_readouts` of `patch_kv`, read instead of it.
 
         Returns normed states [B, n, d] (and every layer's output if asked).
         """
