@@ -20,11 +20,12 @@ class SlidingWindowCache:
 
     Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
     free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
-    is moved to the front (an O(window) copy every O(window) steps).
+    is moved to the front (an O(window) copy every O(window) steps). fast_decoding: whether one-byte steps continuing
+    it may take the shortcuts of `decoding.py` and the unmasked attention step (`BLTConfig.fast_decoding`).
     """
 
     def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True):
-        self.window, self.fast_decoding = window, fast_decoding  # fast_decoding: may one-byte steps take decoding.py
+        self.window, self.fast_decoding = window, fast_decoding
         self.keep = None if window is None else window - 1
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
@@ -181,7 +182,8 @@ def select_patch(patch_kv, patch_index: torch.Tensor):
 class BLTCache:
     """Everything BLT needs to continue a batch of byte sequences without recomputing them.
 
-    Not a `transformers.Cache`: `BLTForCausalLM` tells `generate()` not to build a `DynamicCache`.
+    Not a `transformers.Cache`: `BLTForCausalLM` tells `generate()` not to build a `DynamicCache`. It carries the
+    config's `fast_decoding` switch to its window caches.
     """
 
     is_compileable = False
