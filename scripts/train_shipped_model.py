@@ -368,12 +368,25 @@ def write_model_card(folder: Path) -> None:
         shutil.copyfile(REPO / plot, folder / Path(plot).name)
 
 
+def remote_code_modules() -> list[str]:
+    """The src/blt_hf modules a folder's remote code needs: the three auto_map entry points and what they import."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    package = REPO / "src" / "blt_hf"
+    entries = [package / name for name in ("modeling_blt_hf.py", "configuration_blt_hf.py", "tokenization_blt_hf.py")]
+    return sorted({Path(path).name for entry in entries for path in (entry, *get_relative_import_files(entry))})
+
+
 def stage_card() -> None:
-    """Refresh the shipped folder's model card from MODEL_CARD.md and its remote code from src/blt_hf (the modules
-    save_pretrained copied there), after editing either; the weights stay as they are."""
+    """Refresh the shipped folder's model card from MODEL_CARD.md and its remote code from src/blt_hf (every module
+    the remote code imports; modules it no longer imports are removed), after editing either; the weights stay."""
     write_model_card(SHIPPED)
-    for module in sorted(SHIPPED.glob("*.py")):
-        shutil.copyfile(REPO / "src" / "blt_hf" / module.name, module)
+    needed = remote_code_modules()
+    for stale in SHIPPED.glob("*.py"):
+        if stale.name not in needed:
+            stale.unlink()
+    for name in needed:
+        shutil.copyfile(REPO / "src" / "blt_hf" / name, SHIPPED / name)
     log(f"model card and remote code refreshed in {SHIPPED}")
 
 

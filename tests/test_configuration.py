@@ -1,5 +1,7 @@
 """BLTConfig: defaults of the released 1B shape, validation naming the field, serialization round trip."""
 
+import json
+
 import pytest
 
 from blt_hf import BLTConfig
@@ -38,6 +40,8 @@ def test_defaults_match_the_released_1b_shape():
         (dict(encoder_hash_byte_group_size=[3, 0]), "BLTConfig.encoder_hash_byte_group_size"),
         (dict(patching_mode="entropy", has_patcher=False), "BLTConfig.has_patcher"),
         (dict(pad_token_id=7), "BLTConfig.pad_token_id"),
+        (dict(fast_decoding="no"), "BLTConfig.fast_decoding"),
+        (dict(fast_decoding=1), "BLTConfig.fast_decoding"),
         (dict(encoder_config=dict(cross_attn_num_heads=5)), "encoder_config.cross_attn_num_heads"),
         (dict(global_config=dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0})),
          "global_config.rope_parameters"),
@@ -50,7 +54,7 @@ def test_invalid_combinations_fail_at_construction_naming_the_field(kwargs, fiel
 
 def test_config_round_trips_through_json(tmp_path):
     config = BLTConfig(
-        patching_mode="static", patch_size=6, max_patch_length=9, cross_attn_k=3,
+        patching_mode="static", patch_size=6, max_patch_length=9, cross_attn_k=3, fast_decoding=False,
         encoder_config=dict(hidden_size=64, num_attention_heads=4, cross_attn_all_layers=True),
         decoder_config=dict(hidden_size=64, num_attention_heads=4, patch_local_attention=True),
         global_config=dict(hidden_size=128, num_attention_heads=8, num_key_value_heads=2,
@@ -63,3 +67,12 @@ def test_config_round_trips_through_json(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.needs_global_projection and loaded.decoder_config.patch_local_attention
     assert loaded.global_config.rope_parameters["rope_type"] == "llama3"
+    assert loaded.fast_decoding is False
+
+
+def test_a_config_json_saved_before_fast_decoding_existed_loads_with_it_on(tmp_path):
+    BLTConfig(patching_mode="static").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.pop("fast_decoding", None)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert BLTConfig.from_pretrained(tmp_path).fast_decoding is True

@@ -8,17 +8,23 @@
   cross-attention's weights: equal to the cross-attention's plain formulas, refused under hooks and other dtypes,
   and used by real decoding;
 * a decoding step attends to its cached keys without a mask only when all of them are visible;
-* the patching rule's one-byte step equals running the rule over the whole chunk, in every mode.
+* the patching rule's one-byte step equals running the rule over the whole chunk, in every mode;
+* `BLTConfig.fast_decoding=False` runs none of these shortcuts and generates the same bytes (the teacher-forced
+  parity suite also runs with it, in tests/test_generation.py).
 """
+
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from blt_hf import PatchingRule
-from blt_hf.cache import PatchingState, SlidingWindowCache
+from blt_hf import PatchingRule, decoding
+from blt_hf.cache import SlidingWindowCache
+from blt_hf.decoding import naive_layer, read_slots, slot_readout
 from blt_hf.layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
 from blt_hf.masks import LocalAttentionPlan, dense_window_mask
+from blt_hf.patching import PatchingState
 from tests.utils import random_ids, tiny_model
 
 HIDDEN, HEADS, KV_HEADS, FFN = 32, 4, 2, 48
@@ -31,7 +37,7 @@ class _RopeConfig:
 
 def _layer(seed=0):
     torch.manual_seed(seed)
-    layer = BLTTransformerLayer(HIDDEN, HEADS, KV_HEADS, FFN, 1e-5, layer_idx=0, fused_decoding=True).eval()
+    layer = BLTTransformerLayer(HIDDEN, HEADS, KV_HEADS, FFN, 1e-5, layer_idx=0).eval()
     with torch.no_grad():
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
             norm.weight.add_(torch.randn(HIDDEN) * 0.3)
@@ -39,38 +45,13 @@ def _layer(seed=0):
 
 
 def _reference(layer, x):
-    """The layer's formula in float64, from its separate projection weights: causal attention, no window."""
-    w = {name: p.detach().double() for name, p in layer.named_parameters()}
-    x = x.double()
-    dim = HIDDEN // HEADS
-    batch, length, _ = x.shape
-    positions = torch.arange(length).expand(batch, -1)
-
-    def norm(h, weight):
-        return weight * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)
-
-    def rope(t):  # t [B, T, H, D]; adjacent pairs rotated by position * theta^(-2i/D)
-        freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        angles = positions[..., None, None].double() * freqs
-        pairs = torch.view_as_complex(t.reshape(*t.shape[:-1], -1, 2).contiguous())
-        return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
-
-    h = norm(x, w["input_layernorm.weight"])
-    q = rope((h @ w["self_attn.q_proj.weight"].T).view(batch, length, HEADS, dim)).transpose(1, 2)
-    k = rope((h @ w["self_attn.k_proj.weight"].T).view(batch, length, KV_HEADS, dim)).transpose(1, 2)
-    v = (h @ w["self_attn.v_proj.weight"].T).view(batch, length, KV_HEADS, dim).transpose(1, 2)
-    k, v = k.repeat_interleave(HEADS // KV_HEADS, 1), v.repeat_interleave(HEADS // KV_HEADS, 1)
-    scores = q @ k.transpose(-1, -2) / dim**0.5
-    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
-    attention = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, HIDDEN)
-    x = x + attention @ w["self_attn.o_proj.weight"].T
-    h = norm(x, w["post_attention_layernorm.weight"])
-    gated = F.silu(h @ w["mlp.gate_proj.weight"].T) * (h @ w["mlp.up_proj.weight"].T)
-    return x + gated @ w["mlp.down_proj.weight"].T
+    """The layer's formula in float64 (`decoding.naive_layer`): causal attention, no window."""
+    return naive_layer(layer, x)
 
 
 def _decode(layer, x, prefill=3):
-    """A prefill of `prefill` positions, then one-byte steps through a fresh cache: outputs [B, T, d], cache."""
+    """A prefill of `prefill` positions, then one-byte steps through a fresh cache, each step taking the path a
+    stack would (`decoding.fast_paths_eligible`): outputs [B, T, d], cache."""
     rope = BLTRotaryEmbedding(_RopeConfig())
     cache = SlidingWindowCache(1, None)
     outputs = []
@@ -79,7 +60,10 @@ def _decode(layer, x, prefill=3):
             chunk = x[:, begin:end]
             positions = torch.arange(begin, end).expand(x.shape[0], -1)
             plan = LocalAttentionPlan(None, torch.ones(chunk.shape[:2], dtype=torch.bool), cache=cache)
-            outputs.append(layer(chunk, rope(positions), plan))
+            if decoding.fast_paths_eligible(chunk, cache):
+                outputs.append(decoding.fast_layer_step(layer, chunk, rope(positions), plan))
+            else:
+                outputs.append(layer(chunk, rope(positions), plan))
     return torch.cat(outputs, 1), cache
 
 
@@ -147,19 +131,19 @@ def test_slot_readout_gives_the_cross_attention_output():
     with torch.no_grad():
         keys, values = cross.patch_keys_values(torch.randn(4, 1, slots, HIDDEN) * 2)  # one patch per row
         byte_states = torch.randn(4, 1, HIDDEN) * 3
-        readout = cross.slot_readout(keys, values)
+        readout = slot_readout(cross, keys, values)
         expected = byte_states + cross.bytes_from_patches(byte_states, keys, values, torch.zeros(4, 1).long())
-        torch.testing.assert_close(BLTCrossAttention.read_slots(byte_states, readout), expected, atol=2e-5, rtol=0)
+        torch.testing.assert_close(read_slots(byte_states, readout), expected, atol=2e-5, rtol=0)
 
 
 def test_slot_readout_is_refused_under_hooks_and_for_other_dtypes():
     cross = _cross_attention()
     keys, values = cross.patch_keys_values(torch.randn(1, 1, 2, HIDDEN))
     handle = cross.o_proj.register_forward_hook(lambda *args: None)
-    assert cross.slot_readout(keys, values) is None
+    assert slot_readout(cross, keys, values) is None
     handle.remove()
-    assert cross.slot_readout(keys, values) is not None
-    assert cross.double().slot_readout(keys.double(), values.double()) is None
+    assert slot_readout(cross, keys, values) is not None
+    assert slot_readout(cross.double(), keys.double(), values.double()) is None
 
 
 def test_decoding_reads_patches_through_slot_readouts_unless_the_decoder_is_hooked():
@@ -258,3 +242,52 @@ def test_one_byte_rule_steps_equal_the_whole_chunk(rule):
     assert torch.equal(torch.cat(next_starts, 1), whole_next)
     for name, value in vars(whole_state).items():
         assert torch.equal(getattr(state, name), value), name
+
+
+FAST_PATHS = ["fast_layer_step", "fused_layer_step", "slot_readouts", "read_slots"]
+
+
+def _generate_recording_fast_paths(model, ids, monkeypatch, forbid: bool):
+    """Greedy bytes, with each fast path (wherever blt_hf imported it) and the patching rule's one-byte step counted,
+    or made to raise when `forbid`; and whether an attention plan chose an unmasked decoding step."""
+    calls, unmasked = dict.fromkeys([*FAST_PATHS, "_step"], 0), []
+
+    def recorded(name, original):
+        def run(*args):
+            if forbid:
+                raise AssertionError(f"fast path {name} ran with fast_decoding=False")
+            calls[name] += 1
+            return original(*args)
+
+        return run
+
+    for name in FAST_PATHS:
+        original = getattr(decoding, name)
+        for module in [m for key, m in sys.modules.items() if key.startswith("blt_hf") and m is not None]:
+            if getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, recorded(name, original))
+    monkeypatch.setattr(PatchingRule, "_step", recorded("_step", PatchingRule._step))
+    plan_init = LocalAttentionPlan.__init__
+
+    def recording_init(plan, *args, **kwargs):
+        plan_init(plan, *args, **kwargs)
+        unmasked.append(plan.sees_all_keys)
+
+    monkeypatch.setattr(LocalAttentionPlan, "__init__", recording_init)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    monkeypatch.undo()
+    return out, calls, any(unmasked)
+
+
+@pytest.mark.parametrize("mode", ["entropy", "static"])
+def test_fast_decoding_off_runs_no_fast_path_and_generates_the_same_bytes(mode, monkeypatch):
+    model = tiny_model(seed=3, patching_mode=mode, patch_size=3, has_patcher=True)
+    ids = random_ids(10, seed=4, batch=2)
+    fast, calls, fast_unmasked = _generate_recording_fast_paths(model, ids, monkeypatch, forbid=False)
+    assert all(count > 0 for count in calls.values()), calls  # the switch on: every fast path ran
+    assert fast_unmasked
+    model.config.fast_decoding = False
+    plain, _, plain_unmasked = _generate_recording_fast_paths(model, ids, monkeypatch, forbid=True)
+    assert not plain_unmasked
+    assert torch.equal(plain, fast)

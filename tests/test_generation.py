@@ -44,11 +44,17 @@ def left_padded_batch(lengths, seed):
 
 
 CASES = [(mode, batch, seed) for mode in MODES for batch in (1, 2, 3, 4) for seed in range(9)]
+# fast_decoding=False (the plain formulas everywhere) on a subset: every mode, batch 1-4 with left padding, and
+# seeds 0-3, which cover every max_patch_length, one and all encoder cross layers and the patch-local decoder
+REFERENCE_CASES = [(mode, batch, seed) for mode in MODES for batch, seed in ((1, 0), (2, 1), (3, 2), (4, 3))]
+PARITY_PARAMS = [pytest.param(m, b, s, True, id=f"{m}-b{b}-s{s}") for m, b, s in CASES] + [
+    pytest.param(m, b, s, False, id=f"{m}-b{b}-s{s}-reference") for m, b, s in REFERENCE_CASES
+]
 
 
-@pytest.mark.parametrize("mode, batch, seed", CASES, ids=[f"{m}-b{b}-s{s}" for m, b, s in CASES])
-def test_incremental_logits_equal_the_full_forward(mode, batch, seed):
-    model = build_model(mode, seed)
+@pytest.mark.parametrize("mode, batch, seed, fast_decoding", PARITY_PARAMS)
+def test_incremental_logits_equal_the_full_forward(mode, batch, seed, fast_decoding):
+    model = build_model(mode, seed, fast_decoding=fast_decoding)
     rng = random.Random(seed)
     total = rng.randint(12, 36)
     ids, mask = left_padded_batch([rng.randint(2, total) for _ in range(batch - 1)] + [total], seed)
@@ -77,9 +83,10 @@ def full_recompute_greedy(model, ids, new_tokens):
     return ids
 
 
+@pytest.mark.parametrize("fast_decoding", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("mode", MODES)
-def test_generate_with_cache_equals_without_and_a_full_recompute_loop(mode):
-    model = build_model(mode, seed=4)
+def test_generate_with_cache_equals_without_and_a_full_recompute_loop(mode, fast_decoding):
+    model = build_model(mode, seed=4, fast_decoding=fast_decoding)
     ids = random_ids(17, seed=4, batch=2)
     with torch.no_grad():
         cached = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=None)

@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blt_hf import BLTPatcher, PatchingRule, compute_patch_lengths
-from blt_hf.cache import PatchingState
-from blt_hf.patching import patch_lengths_from_starts, row_start_flags
+from blt_hf.patching import ChunkPatches, PatchingState, patch_lengths_from_starts, row_start_flags
 from tests.utils import random_ids, separated_threshold, text_ids, tiny_hf_config, tiny_hf_model, tiny_model
 
 H = torch.tensor([[9.0, 0.5, 2.0, 0.2, 0.3, 1.5, 0.1, 3.0]])  # H[p]: uncertainty about byte p + 1
@@ -164,3 +163,24 @@ def test_padded_batch_patches_each_row_as_alone_with_valid_lengths(rows, mode, s
         assert int(got.sum()) == len(row) + 1 and got[0] == 1
         nonzero = (got > 0).long()
         assert torch.equal(nonzero, torch.sort(nonzero, descending=True).values)  # zeros only trail
+
+
+def test_chunk_patches_count_from_the_patch_open_when_the_chunk_began():
+    # 6 bytes continuing an open patch (2 earlier bytes) after 3 closed patches: bytes 1 and 3 close patches, the
+    # patch starting at byte 4 stays open
+    t = lambda *rows: torch.tensor(rows)  # noqa: E731
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    patches = ChunkPatches(t([0, 0, 1, 0, 1, 0]).bool(), t([0, 1, 0, 1, 0, 0]).bool(), valid, t(3))
+    assert patches.new_patches.tolist() == [2] and patches.num_new == 2
+    assert patches.local_patch.tolist() == [[0, 0, 1, 1, 2, 2]]
+    assert patches.decoder_patch.tolist() == [[0, 1, 1, 2, 2, 2]]  # in [current patch, the 2 closed here]
+    assert patches.decoder_segments().tolist() == [[2, 3, 3, 4, 4, 4]]  # global patch indices
+    open_valid = t([True, True])
+    assert patches.encoder_byte_patch(None).tolist() == [[0, 0, 1, 1, 2, 2]]  # 2 = in no closed patch
+    assert patches.encoder_byte_patch(open_valid).tolist() == [[0, 0, 0, 0, 1, 1, 2, 2]]
+    assert patches.still_open(open_valid).tolist() == [[False, False, False, False, False, False, True, True]]
+    assert patches.at_closed_patches(t([10, 11, 12, 13, 14, 15])).tolist() == [[11, 13]]
+    # a decoding step: each byte belongs to the patch open when the step began; a closing byte reads the new patch
+    step = ChunkPatches(t([False], [True]), t([True], [False]), t([True], [True]), t(4, 5))
+    assert step.new_patches.tolist() == [1, 0] and step.num_new == 1
+    assert step.local_patch.tolist() == [[0], [0]] and step.decoder_patch.tolist() == [[1], [0]]

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,31 @@ def test_shipped_remote_code_is_the_current_package_code():
     assert card == (REPO / "MODEL_CARD.md").read_text().replace(figure, Path(figure).name)
     assert (SHIPPED / Path(figure).name).read_bytes() == (REPO / figure).read_bytes()
     assert not re.search(r"@[A-Z_]+@", card), "unfilled template fields in the model card"
+
+
+def test_shipped_folder_generates_with_its_remote_code_where_blt_hf_is_not_importable(shipped, tmp_path):
+    model, _ = shipped
+    ids = torch.tensor([[1] + [b + 4 for b in b"Enter the King"]])
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["blt_hf"] = None
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(SHIPPED)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        ids = torch.tensor({ids.tolist()})
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None)
+        torch.save(out, {str(tmp_path / "out.pt")!r})
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None)
+    assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
 
 
 def test_model_card_metadata_parses_as_a_hub_model_card():

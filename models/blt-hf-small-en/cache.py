@@ -4,14 +4,15 @@
   local decoder): per-byte work is O(window) however long the text grows.
 * `PatchKVCache` keeps the global transformer's keys/values, one entry per closed patch, ragged across rows.
 * `BLTCache` bundles them with the streaming state that is not K/V: the patching rule's state, the encoder states
-  of the still-open patch, the decoder's current patch slots and the last bytes for the hash n-grams.
+  of the still-open patch, the decoder's current patch slots and the last bytes for the hash n-grams. Its state
+  changes are its own methods: `advance` takes in a chunk the model has run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from .patching import ChunkPatches, PatchingState, move_kept_to_front
 
 
 class SlidingWindowCache:
@@ -19,11 +20,12 @@ class SlidingWindowCache:
 
     Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
     free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
-    is moved to the front (an O(window) copy every O(window) steps).
+    is moved to the front (an O(window) copy every O(window) steps). fast_decoding: whether one-byte steps continuing
+    it may take the shortcuts of `decoding.py` and the unmasked attention step (`BLTConfig.fast_decoding`).
     """
 
-    def __init__(self, num_layers: int, window: int | None):
-        self.window = window
+    def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True):
+        self.window, self.fast_decoding = window, fast_decoding
         self.keep = None if window is None else window - 1
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
@@ -31,7 +33,7 @@ class SlidingWindowCache:
         self._segments: torch.Tensor | None = None  # [B, capacity] segment of each position
         self.start = self.end = 0  # live span of the buffers
         self._pending = 0  # positions written by the current call, committed at the next `begin`
-        self.step_weights: dict[int, tuple | None] = {}  # per layer: fused weights of one-byte steps (layers.py)
+        self.step_weights: dict[int, tuple | None] = {}  # per layer: `decoding.fuse_step_weights`
 
     def _commit(self) -> None:
         if self._pending:
@@ -54,11 +56,6 @@ class SlidingWindowCache:
     def valid(self) -> torch.Tensor | None:
         self._commit()
         return None if self._valid is None else self._valid[:, self.start : self.end]
-
-    @property
-    def segments(self) -> torch.Tensor | None:
-        self._commit()
-        return None if self._segments is None else self._segments[:, self.start : self.end]
 
     def _relocate(self, capacity: int) -> None:
         """Move the live span to the front of (possibly larger) buffers."""
@@ -173,32 +170,20 @@ class PatchKVCache:
         self.max_length = int(self.lengths.max()) if self.lengths.numel() else 0
 
 
-@dataclass
-class PatchingState:
-    """What the patching rule needs to continue a row: all [B]."""
-
-    pending_start: torch.Tensor  # does the next byte start a patch
-    prev_entropy: torch.Tensor  # entropy at the last byte seen
-    prev_id: torch.Tensor  # id of the last byte seen
-    rule_patch_start: torch.Tensor  # position where the rule (before max_patch_length splits) last started a patch
-
-    @classmethod
-    def initial(cls, batch_size: int, device) -> PatchingState:
-        return cls(
-            pending_start=torch.ones(batch_size, dtype=torch.bool, device=device),
-            prev_entropy=torch.zeros(batch_size, device=device),
-            prev_id=torch.zeros(batch_size, dtype=torch.long, device=device),
-            rule_patch_start=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
-
-    def select_rows(self, index: torch.Tensor) -> PatchingState:
-        return PatchingState(*(t.index_select(0, index) for t in vars(self).values()))
+def select_patch(patch_kv, patch_index: torch.Tensor):
+    """Per decoder cross layer, keys/values [B, P, ...] -> [B, 1, ...] at patch_index [B] (or [B, 1])."""
+    index = patch_index.view(-1, 1, 1, 1, 1)
+    return [
+        (k.gather(1, index.expand(-1, 1, *k.shape[2:])), v.gather(1, index.expand(-1, 1, *v.shape[2:])))
+        for k, v in patch_kv
+    ]
 
 
 class BLTCache:
     """Everything BLT needs to continue a batch of byte sequences without recomputing them.
 
-    Not a `transformers.Cache`: `BLTForCausalLM` tells `generate()` not to build a `DynamicCache`.
+    Not a `transformers.Cache`: `BLTForCausalLM` tells `generate()` not to build a `DynamicCache`. It carries the
+    config's `fast_decoding` switch to its window caches.
     """
 
     is_compileable = False
@@ -206,14 +191,16 @@ class BLTCache:
 
     def __init__(self, config, batch_size: int, device):
         encoder, decoder = config.encoder_config, config.decoder_config
+        self.fast_decoding = config.fast_decoding
+        patcher = config.patcher_config
         self.patcher = (
-            SlidingWindowCache(config.patcher_config.num_hidden_layers, config.patcher_config.sliding_window)
+            SlidingWindowCache(patcher.num_hidden_layers, patcher.sliding_window, self.fast_decoding)
             if config.has_patcher and config.patching_mode == "entropy"
             else None
         )
-        self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window)
+        self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
         self.global_ = PatchKVCache(config.global_config.num_hidden_layers, batch_size, device)
-        self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window)
+        self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding)
         self.patching = PatchingState.initial(batch_size, device)
         history = max(config.encoder_hash_byte_group_size) - 1
         self.byte_history = torch.zeros(batch_size, history, dtype=torch.long, device=device)
@@ -241,6 +228,54 @@ class BLTCache:
             "decoder": self.decoder.length,
             "open_patch": 0 if self.open_patch_valid is None else self.open_patch_valid.shape[1],
         }
+
+    def with_open_patch(self, cross_states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per encoder cross layer, [the still-open patch's earlier states, this chunk's states]: [B, o + n, d]."""
+        if self.open_patch_states is None:
+            return list(cross_states)
+        return [torch.cat((o, s), dim=1) for o, s in zip(self.open_patch_states, cross_states, strict=True)]
+
+    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None) -> None:
+        """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
+        its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
+        row in a one-byte step) and the slot readouts made of that patch, if any."""
+        valid = patches.valid
+        if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+            self.continuable = False  # right padding: a row's next bytes would not follow its last real one
+        self.seen_tokens += ids.shape[1]
+        self.num_bytes = num_bytes
+        history = torch.cat((self.byte_history, ids), dim=1)
+        self.byte_history = history[:, history.shape[1] - self.byte_history.shape[1] :]
+        if patches.state is not None:
+            self.patching = patches.state
+        self.carry_open_patch(cross_states, patches)
+        self.take_current_patch(patch_kv, patches)
+        if slot_readouts is not None:
+            self.current_patch_readouts = slot_readouts
+
+    def carry_open_patch(self, cross_states, patches: ChunkPatches) -> None:
+        """Keep the encoder states of the patch still open after the chunk: they pool into it when it closes."""
+        if patches.num_new == 0:  # no row closed a patch (most decoding steps): the open patch just grows
+            if self.open_patch_states is None:
+                self.open_patch_states, self.open_patch_valid = list(cross_states), patches.valid
+            else:
+                self.open_patch_states = self.with_open_patch(cross_states)
+                self.open_patch_valid = torch.cat((self.open_patch_valid, patches.valid), dim=1)
+            return
+        keep = patches.still_open(self.open_patch_valid)
+        kept = [move_kept_to_front(states, keep) for states in self.with_open_patch(cross_states)]
+        self.open_patch_states, self.open_patch_valid = [states for states, _ in kept], kept[0][1]
+
+    def take_current_patch(self, patch_kv, patches: ChunkPatches) -> None:
+        """The decoder's current patch becomes the last one closed (unchanged where nothing closed); its slot
+        readouts are remade at the next step."""
+        if patches.num_new == 0:
+            if self.current_patch_kv is None:
+                self.current_patch_kv = patch_kv
+            return
+        one_byte_step = patches.valid.shape[1] == 1  # the model has selected the patch already
+        self.current_patch_kv = patch_kv if one_byte_step else select_patch(patch_kv, patches.new_patches)
+        self.current_patch_readouts = None
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> BLTCache:
         """Select/reorder batch rows in place (beam search, `num_return_sequences` expansion)."""

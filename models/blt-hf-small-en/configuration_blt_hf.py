@@ -259,6 +259,9 @@ class BLTConfig(PreTrainedConfig):
             (truncated normals with std = fan_in^-0.5, see `BLTPreTrainedModel._init_weights`).
         tie_word_embeddings: Always False in BLT: the byte embedding and the byte head are separate.
         use_cache: Return a `BLTCache` for incremental generation.
+        fast_decoding: Let one-byte decoding steps take the exact rewrites of `decoding.py` (fused layer steps, slot
+            readouts), an unmasked attention step when every cached key is visible, and the patching rule's
+            one-byte step. False forces the plain formulas everywhere (same bytes, slower): for debugging.
         bos_token_id / eos_token_id / pad_token_id: 1, 2 and 0 (BOE) as in the released models.
     """
 
@@ -292,6 +295,7 @@ class BLTConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
+    fast_decoding: bool = True
     bos_token_id: int | None = BOS_ID
     eos_token_id: int | list[int] | None = EOS_ID
     pad_token_id: int | None = BOE_ID
@@ -308,6 +312,8 @@ class BLTConfig(PreTrainedConfig):
 
     def _check(self) -> None:
         err = lambda field, msg: _field_error("BLTConfig", field, msg)  # noqa: E731
+        if not isinstance(self.fast_decoding, bool):
+            raise err("fast_decoding", f"must be True or False, got {self.fast_decoding!r}")
         if self.patching_mode not in PATCHING_MODES:
             raise err("patching_mode", f"unknown mode {self.patching_mode!r}; choose one of {PATCHING_MODES}")
         if self.patching_mode == "entropy" and not self.has_patcher:

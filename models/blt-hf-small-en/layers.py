@@ -4,6 +4,9 @@ Layers take plain sizes, never a config. Self-attention delegates the attention 
 an attention plan from `masks.py`, built once per stack call and shared by its layers. The two cross-attentions
 exploit BLT's structure: a patch only ever attends to its own bytes and a byte to the k slots of one patch, so both
 run in O(bytes * k) memory instead of a dense bytes x patches mask.
+
+These are the formulas. The autograd functions `_LeanRMSNorm`/`_LeanSwiGLU` compute the same values while saving less
+for backward; the one-byte decoding rewrites live in `decoding.py`.
 """
 
 from __future__ import annotations
@@ -12,40 +15,10 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-from torch.nn.modules import module as _module_hooks
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-
-def has_hooks(module: nn.Module) -> bool:
-    """Whether calling `module` runs anything besides its forward (hooks on it or global ones, compile, tracing)."""
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
-        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
-        or module._compiled_call_impl is not None or torch._C._get_tracing_state()
-    )
-
-
-def call(module: nn.Module, *args):
-    """`module(*args)`, skipping nn.Module's call machinery when nothing hooks the module.
-
-    Decoding one byte makes about 150 module calls through the small local stacks, and the machinery costs as much
-    as a small kernel each time; hooked modules (accelerate offloading, FSDP, output recorders) still get the
-    normal call.
-    """
-    return module(*args) if has_hooks(module) else module.forward(*args)
-
-
-def plain_fp32(norms, linears, *others) -> bool:
-    """Whether fused inference paths may read these modules' weights directly: plain `BLTRMSNorm`s and bias-free
-    `nn.Linear`s in fp32, and nothing hooked on them or on `others`."""
-    return (
-        all(type(norm) is BLTRMSNorm for norm in norms)
-        and all(type(linear) is nn.Linear and linear.bias is None for linear in linears)
-        and all(p.dtype == torch.float32 for module in (*norms, *linears) for p in module.parameters())
-        and not any(has_hooks(module) for module in (*others, *norms, *linears))
-    )
+from .module_calls import direct_call
 
 
 def recompute_in_backward(function, *args):
@@ -136,11 +109,6 @@ def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return rotated if fp32 else rotated.type_as(x)
 
 
-def rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """rsqrt(mean(x^2) + eps) of each row of x [B, 1, d], as [B, 1, 1]: one batched matmul and one rsqrt."""
-    return torch.baddbmm(eps, x, x.mT, alpha=1 / x.shape[-1]).rsqrt_()
-
-
 class _LeanSwiGLU(torch.autograd.Function):
     """down(silu(x W_gate^T) * (x W_up^T)), saving x and the two projections only: the SiLU and the product are
     recomputed in backward (same matmuls, half the activation memory)."""
@@ -178,9 +146,10 @@ class BLTMLP(nn.Module):
         gate, up, down = self.gate_proj, self.up_proj, self.down_proj
         plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
                     for m in (gate, up, down))
-        if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):  # fp32 training
+        # training outside autocast (weights and x share a dtype): the autograd function that saves less
+        if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
             return _LeanSwiGLU.apply(x, gate.weight, up.weight, down.weight)
-        return call(down, F.silu(call(gate, x)) * call(up, x))
+        return direct_call(down, F.silu(direct_call(gate, x)) * direct_call(up, x))
 
 
 class BLTSelfAttention(nn.Module):
@@ -199,91 +168,38 @@ class BLTSelfAttention(nn.Module):
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        q = apply_rotary(call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
-        k = apply_rotary(call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
-        v = call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
+        q = apply_rotary(direct_call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
+        k = apply_rotary(direct_call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
+        v = direct_call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
         out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, T, D]
-        return call(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+        return direct_call(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class BLTTransformerLayer(GradientCheckpointingLayer):
     """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    fused_decoding (the local stacks): a one-byte fp32 step continuing a `SlidingWindowCache`, without autograd,
-    runs q/k/v and gate/up as single matmuls over concatenated copies of their weights (RMSNorm weights folded in).
-    The copies are made at the cache's first step and kept by the cache, so weights and hooks are read once per
-    generation; layers with hooks, biases, wrapped linears, other dtypes or autocast take the general path.
+    One-byte decoding steps of the local stacks run it as `decoding.fast_layer_step`, an exact rewrite in fewer kernels.
     """
 
-    def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx,
-                 fused_decoding: bool = False):
+    def __init__(self, hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, layer_idx):
         super().__init__()
-        self.layer_idx, self.fused_decoding = layer_idx, fused_decoding
+        self.layer_idx = layer_idx
         self.self_attn = BLTSelfAttention(hidden_size, num_heads, num_kv_heads, layer_idx)
         self.mlp = BLTMLP(hidden_size, intermediate_size)
         self.input_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
         self.post_attention_layernorm = BLTRMSNorm(hidden_size, eps=rms_norm_eps)
 
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
-        weights = self._decoding_step_weights(hidden_states, attention_plan)
-        if weights is not None:
-            return self._decoding_step(hidden_states, rotations, attention_plan, weights)
-        attention = call(self.self_attn, call(self.input_layernorm, hidden_states), rotations, attention_plan)
+        normed = direct_call(self.input_layernorm, hidden_states)
+        attention = direct_call(self.self_attn, normed, rotations, attention_plan)
         hidden_states = hidden_states + attention
-        return hidden_states + call(self.mlp, call(self.post_attention_layernorm, hidden_states))
-
-    def _decoding_step_weights(self, hidden_states, attention_plan):
-        """Prepared weights for a fused one-byte step (see `_fuse_step_weights`), or None for the general path."""
-        if (not self.fused_decoding or hidden_states.shape[1] != 1 or hidden_states.dtype != torch.float32
-                or torch.is_grad_enabled() or torch.is_autocast_enabled(hidden_states.device.type)):
-            return None
-        prepared = getattr(attention_plan.cache, "step_weights", None)
-        if prepared is None:
-            return None
-        if self.layer_idx not in prepared:
-            prepared[self.layer_idx] = self._fuse_step_weights()
-        return prepared[self.layer_idx]
-
-    def _fuse_step_weights(self):
-        """Transposed (qkv, o, gate_up, down) weights with the RMSNorm weights folded into qkv and gate_up, and eps;
-        None (general path) for non-fp32 weights, hooks, biases or wrapped modules."""
-        attention, mlp = self.self_attn, self.mlp
-        norms = (self.input_layernorm, self.post_attention_layernorm)
-        linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                   mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-        if (type(attention) is not BLTSelfAttention or type(mlp) is not BLTMLP
-                or not plain_fp32(norms, linears, attention, mlp)
-                or norms[0].variance_epsilon != norms[1].variance_epsilon):
-            return None
-        q, k, v, o, gate, up, down = (linear.weight.detach() for linear in linears)
-        attention_norm, mlp_norm = (norm.weight.detach() for norm in norms)
-        eps = torch.tensor(norms[0].variance_epsilon, device=q.device)
-        qkv, gate_up = torch.cat((q, k, v)) * attention_norm, torch.cat((gate, up)) * mlp_norm
-        return qkv.t(), o.t(), gate_up.t(), down.t(), eps
-
-    def _decoding_step(self, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
-        """`forward` for one fp32 byte per row [B, 1, d], in as few kernels as the formulas allow: each RMSNorm is a
-        per-row scale (its weight lives in the next matmul) and the residual adds ride on the output matmuls."""
-        qkv_t, o_t, gate_up_t, down_t, eps = weights
-        heads, kv_heads, dim = self.self_attn.num_heads, self.self_attn.num_kv_heads, self.self_attn.head_dim
-        batch, _, width = hidden_states.shape
-        qkv = torch.mm((hidden_states * rms_scale(hidden_states, eps)).view(batch, width), qkv_t)
-        rotary = (heads + kv_heads) * dim
-        qk = torch.view_as_complex(qkv[:, :rotary].view(batch, heads + kv_heads, dim // 2, 2))
-        qk = torch.view_as_real(qk * rotations.view(batch, 1, dim // 2))
-        q, k = qk[:, :heads].view(batch, heads, 1, dim), qk[:, heads:].view(batch, kv_heads, 1, dim)
-        out = attention_plan(q, k, qkv[:, rotary:].view(batch, kv_heads, 1, dim), self.layer_idx)
-        hidden = torch.addmm(hidden_states.view(batch, width), out.view(batch, heads * dim), o_t)
-        gate_up = torch.mm(hidden * rms_scale(hidden.view(batch, 1, width), eps).view(batch, 1), gate_up_t)
-        inner = gate_up.shape[1] // 2
-        activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
-        return torch.addmm(hidden, activated, down_t).view(batch, 1, width)
+        return hidden_states + direct_call(self.mlp, direct_call(self.post_attention_layernorm, hidden_states))
 
     @classmethod
-    def from_config(cls, config, layer_idx: int, fused_decoding: bool = False) -> BLTTransformerLayer:
+    def from_config(cls, config, layer_idx: int) -> BLTTransformerLayer:
         return cls(
             config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size, config.rms_norm_eps, layer_idx, fused_decoding,
+            config.intermediate_size, config.rms_norm_eps, layer_idx,
         )
 
 
@@ -318,16 +234,17 @@ class BLTCrossAttention(nn.Module):
 
     def _keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states [..., d] -> keys, values [..., H, D] (kv heads repeated up to the query heads)."""
-        states = call(self.k_norm, states)
+        states = direct_call(self.k_norm, states)
         shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
-        keys, values = call(self.k_proj, states).view(shape), call(self.v_proj, states).view(shape)
+        keys, values = direct_call(self.k_proj, states).view(shape), direct_call(self.v_proj, states).view(shape)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             keys, values = keys.repeat_interleave(groups, dim=-2), values.repeat_interleave(groups, dim=-2)
         return keys, values
 
     def _queries(self, states: torch.Tensor) -> torch.Tensor:
-        return call(self.q_proj, call(self.q_norm, states)).view(*states.shape[:-1], self.num_heads, self.head_dim)
+        queries = direct_call(self.q_proj, direct_call(self.q_norm, states))
+        return queries.view(*states.shape[:-1], self.num_heads, self.head_dim)
 
     def forward(self, *inputs, mode: str):
         """Dispatch to one of the three uses; going through `forward` lets module hooks (FSDP unsharding,
@@ -358,7 +275,7 @@ class BLTCrossAttention(nn.Module):
         queries = self._queries(patch_queries)  # [B, P, k, H, D]
         keys, values = self._keys_values(byte_states)  # [B, L, H, D]
         pooled = recompute_in_backward(_pool_bytes_into_patches, queries, keys, values, byte_patch)
-        out = call(self.o_proj, pooled[:, :num_patches].flatten(-2))
+        out = direct_call(self.o_proj, pooled[:, :num_patches].flatten(-2))
         return out + patch_queries
 
     def patch_keys_values(self, patch_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,36 +291,7 @@ class BLTCrossAttention(nn.Module):
         """
         queries = self._queries(byte_states)  # [B, L, H, D]
         out = recompute_in_backward(_read_patch_slots, queries, patch_keys, patch_values, byte_patch)
-        return call(self.o_proj, out.flatten(-2)) + byte_states
-
-    def slot_readout(self, patch_keys: torch.Tensor, patch_values: torch.Tensor):
-        """One patch per row (keys/values [B, 1, k, H, D]) folded into the matrices of `read_slots`, or None when
-        the plain formulas must run (hooks, biases, wrapped modules, non-fp32 weights).
-
-        A byte's scores are linear in its normed state and its output linear in the slot weights, so q_norm's
-        weight, q_proj and the 1/sqrt(D) scale fold into scores = x_normed @ U (U [B, d, k * H]) and values and
-        o_proj into out = weights @ Z (Z [B, k * H, d]): per byte, two small matmuls instead of two d x d ones.
-        """
-        if not plain_fp32((self.q_norm,), (self.q_proj, self.o_proj), self):
-            return None
-        batch, _, slots, heads, dim = patch_keys.shape
-        width = self.q_proj.in_features
-        q_weight = self.q_proj.weight.detach().view(heads, dim, width) * (self.q_norm.weight.detach() * dim**-0.5)
-        score_matrix = torch.einsum("hfe,bkhf->bekh", q_weight, patch_keys[:, 0]).reshape(batch, width, -1)
-        o_weight = self.o_proj.weight.detach().view(width, heads, dim)
-        output_matrix = torch.einsum("ehf,bkhf->bkhe", o_weight, patch_values[:, 0]).reshape(batch, -1, width)
-        eps = torch.tensor(self.q_norm.variance_epsilon, device=patch_keys.device)
-        return score_matrix, output_matrix, eps, slots
-
-    @staticmethod
-    def read_slots(byte_states: torch.Tensor, readout) -> torch.Tensor:
-        """One byte per row [B, 1, d] reads its patch through a `slot_readout`; returns
-        byte_states + bytes_from_patches(byte_states, ...) (the doubled residual included)."""
-        score_matrix, output_matrix, eps, slots = readout
-        batch = byte_states.shape[0]
-        scores = torch.bmm(byte_states * rms_scale(byte_states, eps), score_matrix)  # [B, 1, k * H]
-        weights = torch.softmax(scores.view(batch, slots, -1), dim=1)  # over the k slots, per head
-        return torch.baddbmm(byte_states, weights.view(batch, 1, -1), output_matrix, beta=2)
+        return direct_call(self.o_proj, out.flatten(-2)) + byte_states
 
 
 def _pool_bytes_into_patches(queries, keys, values, byte_patch):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTLocalEncoderConfig
+from .decoding import fast_layer_step, fast_paths_eligible
 from .layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
 
 
@@ -29,7 +30,7 @@ class BLTLocalEncoder(nn.Module):
         self.config, self.cross_attn_k = config, cross_attn_k
         self.embed_tokens = nn.Embedding(vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            BLTTransformerLayer.from_config(config, i, fused_decoding=True) for i in range(config.num_hidden_layers)
+            BLTTransformerLayer.from_config(config, i) for i in range(config.num_hidden_layers)
         )
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
@@ -48,8 +49,12 @@ class BLTLocalEncoder(nn.Module):
         rotations = self.rotary_emb(positions)
         read = set(self.cross_attention_layer_indices)
         cross_states, all_states = [], [hidden] if output_hidden_states else None
+        fast = fast_paths_eligible(hidden, attention_plan.cache)
         for idx, layer in enumerate(self.layers):
-            hidden = layer(hidden, rotations, attention_plan)
+            if fast:
+                hidden = fast_layer_step(layer, hidden, rotations, attention_plan)
+            else:
+                hidden = layer(hidden, rotations, attention_plan)
             if idx in read:
                 cross_states.append(hidden)
             if output_hidden_states:

@@ -120,8 +120,8 @@ class LocalAttentionPlan:
             and (window is None or window >= self.num_new)
         )
         # a decoding step: one new byte, and the cache holds only keys within its window; unmasked when none of
-        # them is padding or in another segment
-        self.sees_all_keys = cache is not None and self.num_new == 1 and cache.window == window
+        # them is padding or in another segment (a shortcut of `BLTConfig.fast_decoding`)
+        self.sees_all_keys = cache is not None and cache.fast_decoding and self.num_new == 1 and cache.window == window
         if self.sees_all_keys:
             visible = key_valid if key_segments is None else key_valid & (key_segments == key_segments[:, -1:])
             self.sees_all_keys = bool(visible.all())

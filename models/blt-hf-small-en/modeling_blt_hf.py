@@ -16,7 +16,7 @@ it gives alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -24,8 +24,9 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .cache import BLTCache, PatchingState
+from .cache import BLTCache, select_patch
 from .configuration_blt_hf import BOE_ID, BLTConfig
+from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
 from .hashing import BLTHashNgramEmbedding
 from .local_decoder import BLTLocalDecoder
@@ -33,10 +34,13 @@ from .local_encoder import BLTLocalEncoder
 from .masks import LocalAttentionPlan, PatchAttentionPlan
 from .patcher import BLTPatcher
 from .patching import (
+    ChunkPatches,
     PatchingRule,
+    PatchingState,
     compute_patch_starts,
     documents_from_positions,
     patch_lengths_from_starts,
+    row_positions,
     row_start_flags,
     starts_from_patch_lengths,
 )
@@ -65,17 +69,6 @@ class BLTCausalLMOutput(CausalLMOutputWithPast):
     global_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-def _compact(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the kept entries of each row to the front: values [B, L, ...], keep [B, L] -> ([B, K, ...], valid)."""
-    counts = keep.sum(1)
-    width = int(counts.max()) if counts.numel() else 0
-    slot = torch.where(keep, keep.long().cumsum(1) - 1, width)
-    index = slot.view(*slot.shape, *([1] * (values.dim() - 2))).expand_as(values)
-    out = values.new_zeros(values.shape[0], width + 1, *values.shape[2:]).scatter(1, index, values)
-    valid = torch.arange(width, device=keep.device)[None] < counts[:, None]
-    return out[:, :width], valid
-
-
 class BLTModel(BLTPreTrainedModel):
     def __init__(self, config: BLTConfig):
         super().__init__(config)
@@ -86,6 +79,7 @@ class BLTModel(BLTPreTrainedModel):
         self.local_decoder = BLTLocalDecoder(
             config.decoder_config, config.global_config.hidden_size, config.cross_attn_k
         )
+        # the hash embedding is the encoder's input but the model's parameter: transformers' Blt names it so
         self.encoder_hash_tok_embedding = BLTHashNgramEmbedding(
             config.encoder_hash_byte_group_size,
             config.encoder_hash_byte_group_nb_functions,
@@ -171,25 +165,12 @@ class BLTModel(BLTPreTrainedModel):
         config = self.config
         batch, length = input_ids.shape
         device = input_ids.device
-        if position_ids is not None and (past_key_values is not None or use_cache):
-            raise ValueError("position_ids (packed documents) are for forwards without a cache (use_cache=False)")
-        if use_cache is None:
-            use_cache = config.use_cache and not self.training and position_ids is None
-        cache = past_key_values
-        if cache is not None and not isinstance(cache, BLTCache):
-            raise ValueError(f"past_key_values must be a BLTCache, got {type(cache).__name__}")
-        if cache is not None and not cache.continuable:
-            raise ValueError(
-                "this BLTCache was built from right-padded rows and cannot be continued; pad on the left to generate"
-            )
-        if cache is None and use_cache:
-            cache = BLTCache(config, batch, device)
+        cache, use_cache = self._cache_to_continue(past_key_values, use_cache, position_ids, batch, device)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
 
         valid = self._new_byte_mask(attention_mask, cache, batch, length, device)
         bytes_before = cache.num_bytes if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
-        patches_before = cache.num_patches if cache is not None else torch.zeros_like(bytes_before)
-        positions = (bytes_before[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+        positions = row_positions(valid, bytes_before)
         num_bytes = bytes_before + valid.sum(1)
         columns = length + (cache.seen_tokens if cache is not None else 0)  # >= num_bytes: checked on the host first
         if columns > config.max_position_embeddings and int(num_bytes.max()) > config.max_position_embeddings:
@@ -198,26 +179,14 @@ class BLTModel(BLTPreTrainedModel):
                 f"{config.max_position_embeddings}"
             )
         ids = torch.where(valid, input_ids, BOE_ID)  # padding never enters hashes, patching or attention
-        if cache is not None and length > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
-            cache.continuable = False
         documents = document_positions = None
         if position_ids is not None:
             document_positions = position_ids.to(device).long()
             documents = documents_from_positions(document_positions, valid)
 
-        # 1. patch starts
-        starts, next_starts = self._patch_starts(
-            ids, positions, valid, patch_lengths, cache, batch, device, documents, document_positions
-        )
-        closes = next_starts & valid
-        new_patches = closes.sum(1)  # patches closed in this chunk, per row
-        num_new = int(new_patches.max()) if batch else 0
-        if length == 1:  # a decoding step: its byte belongs to the patch open when the step began
-            local_patch, decoder_patch = torch.zeros_like(ids), closes.long()
-        else:
-            first_byte = valid & ~torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
-            local_patch = (starts & ~first_byte).long().cumsum(1)  # 0 = the patch open when this chunk began
-            decoder_patch = torch.where(valid, local_patch + closes.long(), 0)  # into [current patch, new ones...]
+        # 1. patching: where the chunk's patches start and which close
+        patches = self._chunk_patches(ids, positions, valid, cache, patch_lengths, documents=documents,
+                                      document_positions=document_positions)
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
@@ -230,56 +199,37 @@ class BLTModel(BLTPreTrainedModel):
         )
 
         # 3. patches closed in this chunk -> global transformer
-        open_states, open_valid = (
-            (cache.open_patch_states, cache.open_patch_valid)
-            if cache is not None and cache.open_patch_states is not None
-            else (None, None)
-        )
         global_hidden, new_patch_kv = None, None
-        if num_new > 0:
-            chunk_patch = torch.where(valid & (local_patch < new_patches[:, None]), local_patch, num_new)
-            byte_patch, states = chunk_patch, cross_states
-            if open_states is not None:
-                open_patch = torch.where(open_valid & (new_patches[:, None] > 0), 0, num_new)
-                byte_patch = torch.cat((open_patch, chunk_patch), dim=1)
-                states = [torch.cat((o, s), dim=1) for o, s in zip(open_states, cross_states, strict=True)]
-            patch_vectors = self.local_encoder.encode_patches(states, byte_patch, num_new)
-            patch_documents = None if documents is None else _compact(documents, closes)[0]
+        if patches.num_new > 0:
+            states, open_valid = cross_states, None
+            if cache is not None:
+                states, open_valid = cache.with_open_patch(cross_states), cache.open_patch_valid
+            patch_vectors = self.local_encoder.encode_patches(
+                states, patches.encoder_byte_patch(open_valid), patches.num_new
+            )
             global_plan = PatchAttentionPlan(
-                num_new, new_patches, cache.global_ if cache is not None else None, patch_documents
+                patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
+                None if documents is None else patches.at_closed_patches(documents),
             )
             patch_states, global_hidden = self.global_transformer(patch_vectors, global_plan, output_hidden_states)
             new_patch_kv = self.local_decoder.patch_keys_values(patch_states)
 
         # 4. bytes read patch states and predict the next byte
-        patch_kv = self._decoder_patch_table(cache, new_patch_kv, batch, device, embeddings.dtype)
-        segments = documents
-        if config.decoder_config.patch_local_attention:
-            segments = patches_before[:, None] + decoder_patch - 1  # global index of the patch each byte reads
+        segments = patches.decoder_segments() if config.decoder_config.patch_local_attention else documents
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
-        slot_readouts = None
-        if length == 1 and cache is not None:  # a decoding step reads one patch per row: the next current patch
-            if num_new > 0:
-                patch_kv, decoder_patch = self._select_patches(patch_kv, decoder_patch), torch.zeros_like(ids)
-            if not torch.is_grad_enabled() and not torch.is_autocast_enabled(device.type):
-                slot_readouts = cache.current_patch_readouts if num_new == 0 else None
-                if slot_readouts is None:
-                    slot_readouts = self.local_decoder.slot_readouts(patch_kv)
+        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states)
         hidden, decoder_hidden = self.local_decoder(
-            byte_states, positions, decoder_plan, patch_kv, decoder_patch, output_hidden_states, slot_readouts
+            byte_states, positions, decoder_plan, patch_kv, byte_patch, output_hidden_states, readouts
         )
 
         if cache is not None:
-            self._update_cache(
-                cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
-            )
-            if slot_readouts is not None:  # read from the patch that is now the current one
-                cache.current_patch_readouts = slot_readouts
+            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts)
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
-            lengths_out = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), num_bytes)
+            flags = row_start_flags(patches.starts, patches.next_starts, positions, valid)
+            lengths_out = patch_lengths_from_starts(flags, num_bytes)
         all_hidden = tuple(encoder_hidden) + tuple(decoder_hidden) if output_hidden_states else None
         return BLTModelOutput(
             last_hidden_state=hidden,
@@ -289,97 +239,78 @@ class BLTModel(BLTPreTrainedModel):
             global_hidden_states=tuple(global_hidden) if global_hidden is not None else None,
         )
 
-    def _patch_starts(self, ids, positions, valid, patch_lengths, cache, batch, device, documents=None,
-                      document_positions=None):
-        """starts [B, n]: byte starts a patch; next_starts [B, n]: the position after the byte starts one."""
-        rule = self.patching_rule
-        run_rule = patch_lengths is None or cache is not None  # a cache continues with the rule afterwards
-        state = cache.patching if cache is not None else PatchingState.initial(batch, device)
-        if run_rule:
-            starts, next_starts, new_state, _ = compute_patch_starts(
-                rule, ids, positions, valid, state, self.patcher, cache.patcher if cache is not None else None,
-                documents, document_positions,
+    def _cache_to_continue(self, past_key_values, use_cache, position_ids, batch, device):
+        """(the `BLTCache` this call continues or starts, or None; whether to return it)."""
+        if position_ids is not None and (past_key_values is not None or use_cache):
+            raise ValueError("position_ids (packed documents) are for forwards without a cache (use_cache=False)")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training and position_ids is None
+        cache = past_key_values
+        if cache is not None and not isinstance(cache, BLTCache):
+            raise ValueError(f"past_key_values must be a BLTCache, got {type(cache).__name__}")
+        if cache is not None and not cache.continuable:
+            raise ValueError(
+                "this BLTCache was built from right-padded rows and cannot be continued; pad on the left to generate"
             )
-            if cache is not None:
-                cache.patching = new_state
-        if patch_lengths is not None:
-            if cache is not None and cache.num_bytes.any():
-                raise ValueError("patch_lengths can only be given for a fresh sequence, not to continue a cache")
-            num_bytes = valid.sum(1)
-            row_starts = starts_from_patch_lengths(patch_lengths, num_bytes)
-            local = positions.clamp(max=row_starts.shape[1] - 2)
-            starts = row_starts.gather(1, local) & valid
-            next_starts = row_starts.gather(1, local + 1) & valid
-            if cache is not None:
-                last = num_bytes.clamp(max=row_starts.shape[1] - 1)
-                cache.patching.pending_start = row_starts.gather(1, last[:, None]).squeeze(1)
-            if document_positions is not None:
-                opening = valid & (document_positions <= 1)
-                if (opening & ~starts).any():
-                    raise ValueError(
-                        "patch_lengths let a patch span two packed documents: each document's BOS must be a patch "
-                        "of its own and its next byte must start a patch"
-                    )
-        return starts, next_starts
+        if cache is None and use_cache:
+            cache = BLTCache(self.config, batch, device)
+        return cache, use_cache
 
-    def _decoder_patch_table(self, cache, new_patch_kv, batch, device, dtype):
-        """Per decoder cross layer: keys/values [B, 1 + m, k, H, D] of [current patch, patches closed now]."""
-        decoder = self.local_decoder
-        if cache is not None and cache.current_patch_kv is not None:
-            current = cache.current_patch_kv
-        else:
-            layer = decoder.cross_attn_layers[0]
-            shape = (batch, 1, decoder.cross_attn_k, layer.num_heads, layer.head_dim)
-            zeros = torch.zeros(shape, device=device, dtype=dtype)
-            current = [(zeros, zeros)] * len(decoder.cross_attn_layers)
-        if new_patch_kv is None:
-            return current
-        return [
-            (torch.cat((ck, nk), 1), torch.cat((cv, nv), 1))
-            for (ck, cv), (nk, nv) in zip(current, new_patch_kv, strict=True)
-        ]
+    def _chunk_patches(self, ids, positions, valid, cache, patch_lengths=None, *, documents=None,
+                       document_positions=None) -> ChunkPatches:
+        """Where the chunk's patches start: the patching rule (continuing the cache's state), or `patch_lengths`."""
+        batch, device = ids.shape[0], ids.device
+        patches_before = cache.num_patches if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
+        state = None
+        if patch_lengths is None or cache is not None:  # a cache continues with the rule afterwards
+            initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
+            starts, next_starts, state, _ = compute_patch_starts(
+                self.patching_rule, ids, positions, valid, initial, patcher=self.patcher,
+                patcher_cache=cache.patcher if cache is not None else None, documents=documents,
+                document_positions=document_positions, one_byte_step=self.config.fast_decoding,
+            )
+        if patch_lengths is not None:
+            starts, next_starts, pending_start = self._starts_from_lengths(
+                patch_lengths, positions, valid, cache, document_positions
+            )
+            if state is not None:
+                state = replace(state, pending_start=pending_start)
+        return ChunkPatches(starts, next_starts, valid, patches_before, state if cache is not None else None)
 
     @staticmethod
-    def _select_patches(patch_kv, patch_index):
-        """Per decoder cross layer, keys/values [B, P, ...] -> [B, 1, ...] at patch_index [B, 1]."""
-        index = patch_index.view(-1, 1, 1, 1, 1)
-        return [
-            (k.gather(1, index.expand(-1, 1, *k.shape[2:])), v.gather(1, index.expand(-1, 1, *v.shape[2:])))
-            for k, v in patch_kv
-        ]
+    def _starts_from_lengths(patch_lengths, positions, valid, cache, document_positions):
+        """Per-byte (starts, next_starts) of given patch lengths, and whether each row's next byte starts a patch."""
+        if cache is not None and cache.num_bytes.any():
+            raise ValueError("patch_lengths can only be given for a fresh sequence, not to continue a cache")
+        num_bytes = valid.sum(1)
+        row_starts = starts_from_patch_lengths(patch_lengths, num_bytes)
+        local = positions.clamp(max=row_starts.shape[1] - 2)
+        starts = row_starts.gather(1, local) & valid
+        next_starts = row_starts.gather(1, local + 1) & valid
+        pending_start = row_starts.gather(1, num_bytes.clamp(max=row_starts.shape[1] - 1)[:, None]).squeeze(1)
+        if document_positions is not None and (valid & (document_positions <= 1) & ~starts).any():
+            raise ValueError(
+                "patch_lengths let a patch span two packed documents: each document's BOS must be a patch "
+                "of its own and its next byte must start a patch"
+            )
+        return starts, next_starts, pending_start
 
-    def _update_cache(
-        self, cache, ids, valid, num_bytes, length, local_patch, new_patches, num_new, cross_states, patch_kv
-    ):
-        cache.seen_tokens += length
-        cache.num_bytes = num_bytes
-        history = torch.cat((cache.byte_history, ids), dim=1)
-        cache.byte_history = history[:, history.shape[1] - cache.byte_history.shape[1] :]
-        if num_new == 0:  # no row closed a patch (most decoding steps): the open patch just grows
-            if cache.open_patch_states is None:
-                cache.open_patch_states, cache.open_patch_valid = list(cross_states), valid
-            else:
-                cache.open_patch_states = [
-                    torch.cat((o, s), dim=1) for o, s in zip(cache.open_patch_states, cross_states, strict=True)
-                ]
-                cache.open_patch_valid = torch.cat((cache.open_patch_valid, valid), dim=1)
-            if cache.current_patch_kv is None:
-                cache.current_patch_kv = patch_kv
-            return
-        # the still-open patch: earlier open bytes if nothing closed, plus this chunk's bytes after the last close
-        keep_chunk = valid & (local_patch == new_patches[:, None])
-        if cache.open_patch_states is not None:
-            keep = torch.cat((cache.open_patch_valid & (new_patches[:, None] == 0), keep_chunk), dim=1)
-            states = [torch.cat((o, s), dim=1) for o, s in zip(cache.open_patch_states, cross_states, strict=True)]
-        else:
-            keep, states = keep_chunk, cross_states
-        compacted = [_compact(s, keep) for s in states]
-        cache.open_patch_states = [c[0] for c in compacted]
-        cache.open_patch_valid = compacted[0][1]
-        # the decoder's current patch: the last one closed (unchanged where nothing closed); one-byte steps have
-        # selected it already
-        cache.current_patch_kv = patch_kv if length == 1 else self._select_patches(patch_kv, new_patches)
-        cache.current_patch_readouts = None
+    def _patches_to_read(self, cache, new_patch_kv, patches: ChunkPatches, byte_states):
+        """The decoder's patch table (per cross layer keys/values of [current patch, patches closed now]), the
+        patch each byte reads in it, and slot readouts for an eligible one-byte step (else None). A decoding step
+        reads one patch per row: the table is cut to it."""
+        current = cache.current_patch_kv if cache is not None else None
+        patch_kv = self.local_decoder.patch_table(current, new_patch_kv, byte_states.shape[0], byte_states.device,
+                                                  byte_states.dtype)
+        byte_patch, readouts = patches.decoder_patch, None
+        if byte_states.shape[1] == 1 and cache is not None:
+            if patches.num_new > 0:
+                patch_kv, byte_patch = select_patch(patch_kv, byte_patch), torch.zeros_like(byte_patch)
+            if fast_paths_eligible(byte_states, cache):
+                readouts = cache.current_patch_readouts if patches.num_new == 0 else None
+                if readouts is None:
+                    readouts = slot_readouts(self.local_decoder.cross_attn_layers, patch_kv)
+        return patch_kv, byte_patch, readouts
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):

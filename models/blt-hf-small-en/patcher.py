@@ -16,9 +16,10 @@ from transformers.utils import ModelOutput
 
 from .cache import SlidingWindowCache
 from .configuration_blt_hf import BLTPatcherConfig
+from .decoding import fast_layer_step, fast_paths_eligible
 from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import LocalAttentionPlan
-from .patching import documents_from_positions, entropy_from_logits
+from .patching import chunks, documents_from_positions, entropy_from_logits
 from .pretrained import BLTPreTrainedModel
 
 
@@ -35,9 +36,14 @@ class BLTPatcherOutput(ModelOutput):
 class BLTPatcherCache(SlidingWindowCache):
     """Sliding-window cache of a standalone patcher, with the count of real bytes seen per row."""
 
-    def __init__(self, num_layers: int, window: int | None):
-        super().__init__(num_layers, window)
+    def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True):
+        super().__init__(num_layers, window, fast_decoding)
         self.num_bytes: torch.Tensor | None = None
+
+    def count_bytes(self, new_valid: torch.Tensor) -> None:
+        """Add the real bytes of a call (new_valid [B, n]) to `num_bytes`."""
+        counted = new_valid.sum(1)
+        self.num_bytes = counted if self.num_bytes is None else self.num_bytes + counted
 
 
 class BLTPatcher(BLTPreTrainedModel):
@@ -49,7 +55,7 @@ class BLTPatcher(BLTPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            BLTTransformerLayer.from_config(config, i, fused_decoding=True) for i in range(config.num_hidden_layers)
+            BLTTransformerLayer.from_config(config, i) for i in range(config.num_hidden_layers)
         )
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -60,14 +66,19 @@ class BLTPatcher(BLTPreTrainedModel):
     def get_input_embeddings(self):
         return self.embed_tokens
 
+    def new_cache(self, fast_decoding: bool = True) -> BLTPatcherCache:
+        """An empty sliding-window cache for `forward`/`next_byte_logits` to continue."""
+        return BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window, fast_decoding)
+
     def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
         """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]; `segments` [B, n] keeps
         packed documents apart."""
         plan = LocalAttentionPlan(self.config.sliding_window, valid, segments, cache=cache)
         hidden = self.embed_tokens(ids)
         rotations = self.rotary_emb(positions)
+        fast = fast_paths_eligible(hidden, cache)
         for layer in self.layers:
-            hidden = layer(hidden, rotations, plan)
+            hidden = fast_layer_step(layer, hidden, rotations, plan) if fast else layer(hidden, rotations, plan)
         return self.lm_head(self.norm(hidden)).float()
 
     def forward(
@@ -104,23 +115,18 @@ class BLTPatcher(BLTPreTrainedModel):
                 raise ValueError("position_ids (packed documents) cannot be combined with a cache or chunking")
             documents = documents_from_positions(position_ids.to(input_ids.device), valid)
         if use_cache and past_key_values is None:
-            past_key_values = BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window)
+            past_key_values = self.new_cache()
         cache = past_key_values
         if chunk_size is not None and cache is None and length > chunk_size:
-            cache = BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window)
+            cache = self.new_cache()
         seen = cache.num_bytes if cache is not None and cache.num_bytes is not None else input_ids.new_zeros(batch)
         ids = torch.where(valid, input_ids, 0)
-        step = chunk_size or max(length, 1)
-        logits = []
-        for start in range(0, length, step):
-            chunk_valid = valid[:, start : start + step]
-            positions = (seen[:, None] + chunk_valid.cumsum(1) - 1).clamp(min=0)
-            logits.append(
-                self.next_byte_logits(ids[:, start : start + step], positions, chunk_valid, cache, documents)
-            )
-            seen = seen + chunk_valid.sum(1)
-            if cache is not None:
-                cache.num_bytes = seen
+        logits = [
+            self.next_byte_logits(ids[:, columns], positions, valid[:, columns], cache, documents)
+            for columns, positions in chunks(valid, chunk_size, seen)
+        ]
+        if cache is not None and length:
+            cache.count_bytes(valid)
         logits = torch.cat(logits, dim=1) if logits else input_ids.new_zeros(batch, 0, self.config.vocab_size).float()
         loss = None
         if labels is not None:

@@ -76,10 +76,6 @@ class BLTHashNgramEmbedding(nn.Embedding):
         self.group_sizes, self.num_functions, self.table_size = list(group_sizes), num_functions, table_size
         self._coefficients = {}  # device -> (hash_coefficients(...), hash_table_offsets(...)), computed once
 
-    @property
-    def history_length(self) -> int:
-        return max(self.group_sizes) - 1
-
     def forward(self, ids: torch.Tensor, history: torch.Tensor | None = None, documents=None) -> torch.Tensor:
         """Sum of all hash embeddings of each byte's n-grams: [B, T] -> [B, T, d]."""
         batch, length = ids.shape

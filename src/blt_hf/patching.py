@@ -23,11 +23,11 @@ The rule for byte j >= 2 (positions row-local):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
-from .cache import PatchingState
 from .configuration_blt_hf import BYTE_OFFSET
 
 
@@ -49,11 +49,46 @@ def is_space_like(ids: torch.Tensor) -> torch.Tensor:
     )
 
 
+def row_positions(valid: torch.Tensor, bytes_before: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-local position [B, n] of each column: real bytes count on from `bytes_before` [B] (0 when None); padding
+    takes the position of the real byte before it (0 before the first)."""
+    counted = valid.long().cumsum(1) - 1
+    return (counted if bytes_before is None else bytes_before[:, None] + counted).clamp(min=0)
+
+
+def previous_is_real(valid: torch.Tensor) -> torch.Tensor:
+    """[B, n]: whether the column before each one holds a real byte (False in column 0)."""
+    return torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+
+
+def chunks(
+    valid: torch.Tensor, chunk_size: int | None, bytes_before: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Split [B, n] columns into chunks of `chunk_size` (one chunk when None): yields (columns, positions [B, c]),
+    positions continuing `bytes_before` [B] real bytes per row."""
+    length = valid.shape[1]
+    step = chunk_size or max(length, 1)
+    for begin in range(0, length, step):
+        columns = slice(begin, begin + step)
+        yield columns, row_positions(valid[:, columns], bytes_before)
+        bytes_before = bytes_before + valid[:, columns].sum(1)
+
+
+def move_kept_to_front(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the kept entries of each row to the front: values [B, L, ...], keep [B, L] -> ([B, K, ...], valid)."""
+    counts = keep.sum(1)
+    width = int(counts.max()) if counts.numel() else 0
+    slot = torch.where(keep, keep.long().cumsum(1) - 1, width)
+    index = slot.view(*slot.shape, *([1] * (values.dim() - 2))).expand_as(values)
+    out = values.new_zeros(values.shape[0], width + 1, *values.shape[2:]).scatter(1, index, values)
+    valid = torch.arange(width, device=keep.device)[None] < counts[:, None]
+    return out[:, :width], valid
+
+
 def _previous(values: torch.Tensor, valid: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
     """values of the previous real byte in the row: shift right, filling from `carried` at the row's first byte."""
     shifted = torch.cat((carried[:, None], values[:, :-1]), dim=1)
-    prev_valid = torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
-    return torch.where(prev_valid, shifted, carried[:, None])
+    return torch.where(previous_is_real(valid), shifted, carried[:, None])
 
 
 def _last_valid(values: torch.Tensor, valid: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
@@ -62,6 +97,28 @@ def _last_valid(values: torch.Tensor, valid: torch.Tensor, carried: torch.Tensor
     last = torch.where(valid, index, -1).max(dim=1).values
     picked = values.gather(1, last.clamp(min=0)[:, None]).squeeze(1)
     return torch.where(last >= 0, picked, carried)
+
+
+@dataclass
+class PatchingState:
+    """What the patching rule needs to continue a row: all [B]."""
+
+    pending_start: torch.Tensor  # does the next byte start a patch
+    prev_entropy: torch.Tensor  # entropy at the last byte seen
+    prev_id: torch.Tensor  # id of the last byte seen
+    rule_patch_start: torch.Tensor  # position where the rule (before max_patch_length splits) last started a patch
+
+    @classmethod
+    def initial(cls, batch_size: int, device) -> PatchingState:
+        return cls(
+            pending_start=torch.ones(batch_size, dtype=torch.bool, device=device),
+            prev_entropy=torch.zeros(batch_size, device=device),
+            prev_id=torch.zeros(batch_size, dtype=torch.long, device=device),
+            rule_patch_start=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def select_rows(self, index: torch.Tensor) -> PatchingState:
+        return PatchingState(*(t.index_select(0, index) for t in vars(self).values()))
 
 
 @dataclass(frozen=True)
@@ -108,19 +165,21 @@ class PatchingRule:
             return (p <= 1) | ((p >= 3) & (rise > self.threshold_add) & (entropies > self.threshold))
         return (p == 0) | (entropies > self.threshold)
 
-    def __call__(self, positions, valid, ids, entropies, state: PatchingState, document_positions=None):
+    def __call__(self, positions, valid, ids, entropies, state: PatchingState, document_positions=None,
+                 one_byte_step: bool = True):
         """Patch starts for a chunk of bytes continuing `state`.
 
         positions/valid/ids/entropies: [B, n] (entropies may be None unless the mode needs them).
         document_positions [B, n]: for rows packing several documents, each byte's position in its document (0 at
         each document's BOS); every document then starts with a patch of its own, as if it were alone.
         Returns (starts [B, n]: does each byte start a patch; next_starts [B, n]: does the position after each
-        byte start one; the updated state).
+        byte start one; the updated state). one_byte_step=False (`BLTConfig.fast_decoding` off) runs one byte per
+        row through the chunk formulas instead of `_step`.
         """
         if entropies is None:
             entropies = torch.zeros(positions.shape, device=positions.device)
         entropies = entropies.float()
-        if positions.shape[1] == 1 and document_positions is None:
+        if one_byte_step and positions.shape[1] == 1 and document_positions is None:
             return self._step(positions, valid, ids, entropies, state)
         rule_positions = positions if document_positions is None else document_positions
         prev_ids = _previous(ids, valid, state.prev_id)
@@ -225,8 +284,8 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
     return lengths[:, :num_patches]
 
 
-def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patcher_cache=None, documents=None,
-                         document_positions=None):
+def compute_patch_starts(rule, ids, positions, valid, state, *, patcher=None, patcher_cache=None, documents=None,
+                         document_positions=None, one_byte_step: bool = True):
     """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies).
 
     The entropy model runs outside autocast (in its own dtype, fp32 in checkpoints loaded at any dtype), so patch
@@ -238,7 +297,7 @@ def compute_patch_starts(rule, ids, positions, valid, state, patcher=None, patch
         with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
             logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
             entropies = entropy_from_logits(logits)
-    starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions)
+    starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions, one_byte_step)
     return starts, next_starts, state, entropies
 
 
@@ -259,7 +318,7 @@ def documents_from_positions(position_ids: torch.Tensor, valid: torch.Tensor) ->
         raise ValueError(f"position_ids must have the shape of input_ids {tuple(valid.shape)}")
     position_ids = position_ids.long()
     starts = (position_ids == 0) & valid
-    prev_valid = torch.cat((torch.zeros_like(valid[:, :1]), valid[:, :-1]), dim=1)
+    prev_valid = previous_is_real(valid)
     previous = torch.cat((position_ids[:, :1], position_ids[:, :-1]), dim=1)
     continues = valid & prev_valid & ~starts
     if (continues & (position_ids != previous + 1)).any() or (valid & ~prev_valid & ~starts).any():
@@ -278,8 +337,6 @@ def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=Non
     Long rows run in chunks of `chunk_size` bytes through the entropy model's sliding-window cache, with the same
     result as one pass.
     """
-    from .cache import SlidingWindowCache
-
     batch, length = input_ids.shape
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     ids = torch.where(valid, input_ids, 0)
@@ -287,27 +344,83 @@ def compute_patch_lengths(input_ids, attention_mask=None, rule=None, patcher=Non
     state = PatchingState.initial(batch, input_ids.device)
     cache = None
     if patcher is not None and rule.needs_entropies and chunk_size is not None and length > chunk_size:
-        cache = SlidingWindowCache(patcher.config.num_hidden_layers, patcher.config.sliding_window)
-    seen = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
-    step = chunk_size if cache is not None else max(length, 1)
+        cache = patcher.new_cache()
     all_starts, all_next, all_entropies = [], [], []
-    for begin in range(0, length, step):
-        chunk = slice(begin, begin + step)
-        chunk_valid = valid[:, chunk]
-        positions = (seen[:, None] + chunk_valid.long().cumsum(1) - 1).clamp(min=0)
+    no_bytes_yet = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+    for chunk, positions in chunks(valid, chunk_size if cache is not None else None, no_bytes_yet):
         starts, next_starts, state, entropies = compute_patch_starts(
-            rule, ids[:, chunk], positions, chunk_valid, state, patcher, cache,
-            None if documents is None else documents[:, chunk],
-            None if position_ids is None else position_ids[:, chunk].long(),
+            rule, ids[:, chunk], positions, valid[:, chunk], state, patcher=patcher, patcher_cache=cache,
+            documents=None if documents is None else documents[:, chunk],
+            document_positions=None if position_ids is None else position_ids[:, chunk].long(),
         )
-        seen = seen + chunk_valid.sum(1)
         all_starts.append(starts)
         all_next.append(next_starts)
         all_entropies.append(entropies)
     if not all_starts:
         return torch.ones(batch, 1, dtype=torch.long, device=input_ids.device), None
     starts, next_starts = torch.cat(all_starts, 1), torch.cat(all_next, 1)
-    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    positions = row_positions(valid)
     lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
     entropies = torch.cat(all_entropies, 1) if all_entropies[0] is not None else None
     return lengths, entropies
+
+
+@dataclass
+class ChunkPatches:
+    """The patch arithmetic of a chunk of new bytes, counted from the patch open when the chunk began.
+
+    starts/next_starts/valid [B, n]: does each byte start a patch, does the position after it; which are real.
+    patches_before [B]: patches closed before the chunk. state: the patching rule's state after the chunk.
+    Derived: closes [B, n] (the byte ends a patch); new_patches [B] (patches closed in the chunk) and num_new
+    (their max); local_patch [B, n] (0 = the patch open when the chunk began, +1 at each start); decoder_patch
+    [B, n] (the patch each byte reads, in [current patch, patches closed in the chunk]).
+    """
+
+    starts: torch.Tensor
+    next_starts: torch.Tensor
+    valid: torch.Tensor
+    patches_before: torch.Tensor
+    state: PatchingState | None = None
+    closes: torch.Tensor = field(init=False)
+    new_patches: torch.Tensor = field(init=False)
+    num_new: int = field(init=False)
+    local_patch: torch.Tensor = field(init=False)
+    decoder_patch: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        valid = self.valid
+        self.closes = self.next_starts & valid
+        self.new_patches = self.closes.sum(1)
+        self.num_new = int(self.new_patches.max()) if valid.shape[0] else 0
+        if valid.shape[1] == 1:  # a decoding step: its byte belongs to the patch open when the step began
+            self.local_patch, self.decoder_patch = torch.zeros_like(valid, dtype=torch.long), self.closes.long()
+        else:
+            first_byte = valid & ~previous_is_real(valid)
+            self.local_patch = (self.starts & ~first_byte).long().cumsum(1)
+            self.decoder_patch = torch.where(valid, self.local_patch + self.closes.long(), 0)
+
+    def encoder_byte_patch(self, open_valid: torch.Tensor | None) -> torch.Tensor:
+        """The closed patch (0..num_new-1, or num_new for none) of each byte of [still-open bytes from earlier
+        chunks (open_valid [B, o]), this chunk's bytes]: what the encoder pools into patch vectors."""
+        in_closed = self.valid & (self.local_patch < self.new_patches[:, None])
+        chunk_patch = torch.where(in_closed, self.local_patch, self.num_new)
+        if open_valid is None:
+            return chunk_patch
+        open_patch = torch.where(open_valid & (self.new_patches[:, None] > 0), 0, self.num_new)
+        return torch.cat((open_patch, chunk_patch), dim=1)
+
+    def still_open(self, open_valid: torch.Tensor | None) -> torch.Tensor:
+        """Which bytes of [earlier open bytes (open_valid [B, o]), this chunk's bytes] belong to the patch still
+        open after the chunk."""
+        keep_chunk = self.valid & (self.local_patch == self.new_patches[:, None])
+        if open_valid is None:
+            return keep_chunk
+        return torch.cat((open_valid & (self.new_patches[:, None] == 0), keep_chunk), dim=1)
+
+    def at_closed_patches(self, values: torch.Tensor) -> torch.Tensor:
+        """values [B, n] at the last byte of each patch closed in the chunk: [B, num_new]."""
+        return move_kept_to_front(values, self.closes)[0]
+
+    def decoder_segments(self) -> torch.Tensor:
+        """Global index [B, n] of the patch each byte reads (patch-local decoder attention)."""
+        return self.patches_before[:, None] + self.decoder_patch - 1
