@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch
 
-from ..cache import PatchingState
 from ..configuration_blt_hf import BYTE_OFFSET
-from ..patching import PatchingRule, compute_patch_lengths, patch_lengths_from_starts, row_start_flags
+from ..patching import (
+    PatchingRule,
+    PatchingState,
+    compute_patch_lengths,
+    patch_lengths_from_starts,
+    row_positions,
+    row_start_flags,
+)
 from .extras import require
 
 REPO = Path(__file__).resolve().parents[3]
@@ -153,7 +159,7 @@ def read_byte_rows(files: list[str], row_bytes: int, max_bytes: int) -> tuple[to
 def bytes_per_patch(rule: PatchingRule, ids, mask, entropies) -> float:
     """Mean patch size in real bytes (BOS excluded) under `rule`, for precomputed entropies."""
     valid = mask.bool()
-    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    positions = row_positions(valid)
     starts, next_starts, _ = rule(positions, valid, ids, entropies, PatchingState.initial(ids.shape[0], ids.device))
     lengths = patch_lengths_from_starts(row_start_flags(starts, next_starts, positions, valid), valid.sum(1))
     patches = int((lengths > 0).sum()) - ids.shape[0]  # the BOS patch of each row does not count
