@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -25,6 +28,14 @@ class BLTPreTrainedModel(PreTrainedModel):
     # so they match the tokenizer's (fp32) patch lengths and do not move with the precision of the other stacks
     _keep_in_fp32_modules_strict = ["patcher"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """transformers' `from_pretrained`, after `check_checkpoint_folder` (without `config=`): a local folder
+        must hold a BLT `config.json`, so that a mistyped path never builds (and allocates) a default model."""
+        if config is None and pretrained_model_name_or_path is not None:
+            check_checkpoint_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """The official BLT init: truncated normals (cut at 3 std) with std = fan_in^-0.5 for every linear map
@@ -41,3 +52,37 @@ class BLTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, BLTRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq()[0])
+
+
+def _looks_like_a_local_path(name: str) -> bool:
+    """Hub ids are "name" or "owner/name"; anything else (absolute, ./, ~, deeper, backslashes) is a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
+
+
+def check_checkpoint_folder(model_class, path, subfolder: str = "") -> None:
+    """Raise `OSError` for a local path that is not a folder with a config.json, and `ValueError` for a config.json
+    of another model type (a Llama or transformers' Blt folder, say). Hub repo ids pass untouched."""
+    name = os.fspath(path)
+    if not _looks_like_a_local_path(name):
+        return
+    folder = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
+    if not os.path.isdir(folder):
+        raise OSError(f"{folder}: no such checkpoint folder")
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise OSError(
+            f"{folder} has no config.json, so it is not a saved {model_class.__name__} checkpoint "
+            "(save one with save_pretrained, or pass config=)"
+        )
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            found = json.load(handle).get("model_type")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_file} is not a JSON config: {error}") from None
+    expected = model_class.config_class.model_type
+    if found is not None and found != expected:
+        hint = {"llama": "blt-hf convert-llama", "blt": "blt-hf convert-transformers"}.get(found)
+        raise ValueError(
+            f"{folder} holds a {found!r} checkpoint, not a {model_class.__name__} (model_type {expected!r})"
+            + (f"; convert it first with `{hint}`" if hint else "")
+        )
