@@ -86,3 +86,18 @@ def check_checkpoint_folder(model_class, path, subfolder: str = "") -> None:
             f"{folder} holds a {found!r} checkpoint, not a {model_class.__name__} (model_type {expected!r})"
             + (f"; convert it first with `{hint}`" if hint else "")
         )
+
+
+def check_labels(labels, input_ids, vocab_size: int) -> None:
+    """Labels: an integer tensor shaped like input_ids, each a vocabulary id or -100 (ignored)."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor of byte ids, got {kind}")
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels have shape {list(labels.shape)} but input_ids have shape {list(input_ids.shape)}: give one "
+            "label per input byte (the shift to next-byte targets happens inside)"
+        )
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"labels must be in 0..{vocab_size - 1} or -100 (ignored), got {labels[bad][:5].tolist()}")
