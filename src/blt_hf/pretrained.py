@@ -36,6 +36,16 @@ class BLTPreTrainedModel(PreTrainedModel):
             check_checkpoint_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, then remove the shard indexes of an earlier save into the same folder
+        that this one did not rewrite (and the shards they name), so no stale index outlives its weights."""
+        before = _shard_index_times(save_directory)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        after = _shard_index_times(save_directory)
+        stale = [name for name, time in before.items() if after.get(name) == time]
+        remove_stale_shard_indexes(save_directory, stale, keep=[name for name in after if name not in stale])
+        return result
+
     @torch.no_grad()
     def _init_weights(self, module):
         """The official BLT init: truncated normals (cut at 3 std) with std = fan_in^-0.5 for every linear map
@@ -101,3 +111,35 @@ def check_labels(labels, input_ids, vocab_size: int) -> None:
     bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
         raise ValueError(f"labels must be in 0..{vocab_size - 1} or -100 (ignored), got {labels[bad][:5].tolist()}")
+
+
+SHARD_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _shard_index_times(folder) -> dict[str, int]:
+    """Modification times (ns) of the shard indexes in `folder`."""
+    paths = {name: os.path.join(folder, name) for name in SHARD_INDEX_NAMES}
+    return {name: os.stat(path).st_mtime_ns for name, path in paths.items() if os.path.isfile(path)}
+
+
+def _indexed_shards(index_file) -> set[str]:
+    try:
+        with open(index_file, encoding="utf-8") as handle:
+            return set(json.load(handle).get("weight_map", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def remove_stale_shard_indexes(folder, stale: list[str], keep: list[str]) -> None:
+    """Delete the `stale` index files of `folder` and the shard files they name, except shards a `keep` index names
+    (or the folder's single-file weights)."""
+    kept = {"model.safetensors", "pytorch_model.bin"}
+    for name in keep:
+        kept |= _indexed_shards(os.path.join(folder, name))
+    for name in stale:
+        index_file = os.path.join(folder, name)
+        for shard in _indexed_shards(index_file) - kept:
+            path = os.path.join(folder, shard)
+            if os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder) and os.path.isfile(path):
+                os.remove(path)
+        os.remove(index_file)
