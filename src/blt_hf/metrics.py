@@ -16,6 +16,8 @@ def bits_per_byte(model, rows, batch_size: int = 8) -> dict:
     Every real byte after a BOS is a target (BOS itself, padding and cross-document targets are not). Returns
     {"bits_per_byte", "nats_per_byte", "bytes"}.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     was_training = model.training
     model.eval()
     collator = BLTDataCollator()
