@@ -156,6 +156,13 @@ def plot_report(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def check_files(files) -> None:
+    """FileNotFoundError for the first of `files` that is not a readable file."""
+    for name in files:
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"{name}: no such file" + (" (a folder)" if Path(name).is_dir() else ""))
+
+
 def _read_rows(files: list[str], row_bytes: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = []
     total = 0
@@ -243,6 +250,7 @@ def evaluate_bits_per_byte(model_dir, files, row_length=2048, batch_size=8, spli
     from .flops import realised_flops
     from .metrics import bits_per_byte
 
+    check_files(files)  # before loading the model
     model, _ = _load(model_dir)
     rows = add_patch_lengths(pack_documents(text_dataset(files=files, split_paragraphs=split_paragraphs), row_length),
                              model)
@@ -489,6 +497,7 @@ def run(argv: list[str]) -> int:
     if args.command == "calibrate":
         output = args.output or (None if args.model else "blt-hf-calibrated")
         model_dir = _model_argument(args.model)
+        check_files(args.files)
         model, _ = _load(model_dir)
         threshold, achieved = calibrate_threshold(
             model, args.files, args.target_bytes_per_patch, args.rule, args.threshold_add, max_bytes=args.max_bytes
