@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import blt_hf
 from blt_hf import BLTConfig, BLTForCausalLM, BLTModel, BLTPatcher, BLTPatcherConfig, BLTTokenizer
 from tests.utils import random_ids, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+SOURCE = Path(blt_hf.__file__).resolve().parents[1]  # the blt_hf these tests import, for subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +25,15 @@ def model():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """empty/: no config.json; llama/: a Llama config.json; model/: a saved tiny BLT; meta/: a params.json
-    lacking fields; nonempty/: an earlier run's output."""
+    """empty/: nothing; weights/: a tiny BLT's weights without config.json; llama/: a Llama config.json; model/: a
+    saved tiny BLT; meta/: a params.json lacking fields; nonempty/: an earlier run's output."""
     root = tmp_path_factory.mktemp("bad_inputs")
     (root / "empty").mkdir()
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 32000}))
     tiny_model(seed=1, max_position_embeddings=4096).save_pretrained(root / "model")
+    tiny_model(seed=1).save_pretrained(root / "weights")
+    (root / "weights" / "config.json").unlink()
     (root / "meta").mkdir()
     (root / "meta" / "params.json").write_text(json.dumps({"model": {"dim_global": 64, "n_layers_global": 2}}))
     torch.save({}, root / "meta" / "consolidated.pth")
@@ -121,9 +124,10 @@ CASES = [
     ("generate_past_the_context", lambda m, f: _generate(m, random_ids(60), max_new_tokens=10), ValueError,
      ["60 bytes", "max_new_tokens=10", "max_position_embeddings=64", "max_new_tokens <= 4"]),
     # --- loading: a folder without config.json never builds a default model
-    ("causal_lm_without_config", lambda m, f: BLTForCausalLM.from_pretrained(f / "empty"), OSError,
+    ("causal_lm_without_config", lambda m, f: BLTForCausalLM.from_pretrained(f / "weights"), OSError,
      ["has no config.json", "BLTForCausalLM"]),
-    ("model_without_config", lambda m, f: BLTModel.from_pretrained(f / "empty"), OSError, ["has no config.json"]),
+    ("model_without_config", lambda m, f: BLTModel.from_pretrained(f / "weights"), OSError, ["has no config.json"]),
+    ("empty_folder", lambda m, f: BLTForCausalLM.from_pretrained(f / "empty"), OSError, ["has no config.json"]),
     ("patcher_without_config", lambda m, f: BLTPatcher.from_pretrained(f / "empty"), OSError,
      ["has no config.json", "BLTPatcher"]),
     ("missing_local_folder", lambda m, f: BLTForCausalLM.from_pretrained(str(f / "typo" / "model")), OSError,
@@ -237,17 +241,18 @@ def test_train_output_accepts_a_new_folder_or_an_explicit_resume_or_overwrite(fo
 
 
 def test_missing_config_json_fails_fast_in_bounded_memory(folders):
-    """The default BLTConfig (2048-wide, 25 global layers, 500002-row hash tables) would need far more than 3 GB."""
+    """Weights without config.json: the default BLTConfig (2048-wide, 25 global layers, 500002-row hash tables)
+    would need far more than 3 GB."""
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
         "from blt_hf import BLTForCausalLM\n"
         "try:\n"
-        f"    BLTForCausalLM.from_pretrained({str(folders / 'empty')!r})\n"
+        f"    BLTForCausalLM.from_pretrained({str(folders / 'weights')!r})\n"
         "except OSError as error:\n"
         "    print('CLEAR:', error)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CLEAR:" in done.stdout and "config.json" in done.stdout

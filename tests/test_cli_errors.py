@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import blt_hf
 from blt_hf.cli import main
 from tests.utils import tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+SOURCE = Path(blt_hf.__file__).resolve().parents[1]  # the blt_hf these tests import, for subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_cli_errors_are_one_line_with_status_2(folders, capsys, monkeypatch, arg
 
 
 def test_a_cli_error_in_a_real_process_is_one_line_and_debug_shows_the_traceback(folders):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("BLT_HF_DEBUG", None)
     command = [sys.executable, "-m", "blt_hf.cli", "patch", "hi", "--model", str(folders / "empty")]
     plain = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
