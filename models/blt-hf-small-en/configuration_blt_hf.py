@@ -10,6 +10,10 @@ Ids: byte `b` has id `b + 4`; 0 = BOE (also the pad id and the hash left-pad), 1
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -28,10 +32,51 @@ def _field_error(config_name: str, field: str, message: str) -> ValueError:
     return ValueError(f"{config_name}.{field}: {message}")
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# annotation word -> (test, what the message says was expected); the annotations are strings (postponed
+# evaluation), which huggingface_hub's @strict does not check, so the BLT configs check their own fields here
+_TYPE_CHECKS = {
+    "int": (_is_integer, "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "a dict"),
+    "list[int]": (lambda v: isinstance(v, (list, tuple)), "a list of integers"),
+    "PreTrainedConfig": (lambda v: isinstance(v, PreTrainedConfig), "a config"),
+    "None": (lambda v: v is None, "None"),
+}
+
+
+def check_field_types(config, config_name: str) -> None:
+    """Raise a `ValueError` naming the field when a value has the wrong type (bool is not an integer here) or
+    a number is NaN or infinite. Fields are those of the BLT config classes, from their annotations."""
+    for item in dataclasses.fields(config):
+        if not isinstance(item.type, str):
+            continue
+        words = [word.strip() for word in item.type.split("|")]
+        if not all(word in _TYPE_CHECKS for word in words):
+            continue
+        value = getattr(config, item.name)
+        if not any(_TYPE_CHECKS[word][0](value) for word in words):
+            shown = [word for word in words if not (word == "int" and "float" in words)]  # "a number" says it
+            expected = " or ".join(_TYPE_CHECKS[word][1] for word in shown)
+            raise _field_error(config_name, item.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+        if _is_number(value) and not math.isfinite(value):
+            raise _field_error(config_name, item.name, f"must be a finite number, got {value!r}")
+
+
 class _StackConfigMixin:
     """Checks shared by every transformer stack (heads, dims, window)."""
 
     def _check_stack(self, name: str) -> None:
+        check_field_types(self, name)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         for field in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers"):
@@ -58,9 +103,29 @@ class _StackConfigMixin:
         window = getattr(self, "sliding_window", None)
         if window is not None and window < 1:
             raise _field_error(name, "sliding_window", f"must be >= 1 or None (full causal context), got {window}")
+        self._check_numbers(name)
         rope_type = (self.rope_parameters or {}).get("rope_type", "default")
         if rope_type not in ("default", "llama3"):
             raise _field_error(name, "rope_parameters", f"rope_type {rope_type!r} is not supported (default, llama3)")
+
+    def _check_numbers(self, name: str) -> None:
+        """Epsilon, dropout, positions, vocabulary, RoPE theta: in range."""
+        if self.rms_norm_eps <= 0:
+            raise _field_error(name, "rms_norm_eps", f"must be > 0, got {self.rms_norm_eps}")
+        if self.max_position_embeddings < 1:
+            raise _field_error(name, "max_position_embeddings", f"must be >= 1, got {self.max_position_embeddings}")
+        dropout = getattr(self, "dropout", 0.0)
+        if not 0 <= dropout < 1:
+            raise _field_error(name, "dropout", f"must be in [0, 1), got {dropout}")
+        if self.initializer_range < 0:
+            raise _field_error(name, "initializer_range", f"must be >= 0, got {self.initializer_range}")
+        for field in ("cross_attn_num_heads", "cross_attn_num_key_value_heads"):
+            value = getattr(self, field, None)
+            if value is not None and value < 1:
+                raise _field_error(name, field, f"must be >= 1 or None, got {value}")
+        theta = (self.rope_parameters or {}).get("rope_theta")
+        if theta is not None and not (_is_number(theta) and math.isfinite(theta) and theta > 0):
+            raise _field_error(name, "rope_parameters", f"rope_theta must be a positive number, got {theta!r}")
 
     def _check_cross_attention(self, name: str) -> None:
         heads = self.cross_attn_num_heads or self.num_attention_heads
@@ -301,6 +366,7 @@ class BLTConfig(PreTrainedConfig):
     pad_token_id: int | None = BOE_ID
 
     def __post_init__(self, **kwargs):
+        check_field_types(self, "BLTConfig")
         super().__post_init__(**kwargs)
         if self.encoder_hash_byte_group_size is None:
             self.encoder_hash_byte_group_size = [3, 4, 5, 6, 7, 8]
@@ -314,6 +380,10 @@ class BLTConfig(PreTrainedConfig):
         err = lambda field, msg: _field_error("BLTConfig", field, msg)  # noqa: E731
         if not isinstance(self.fast_decoding, bool):
             raise err("fast_decoding", f"must be True or False, got {self.fast_decoding!r}")
+        for field, spec in self.sub_configs_defaults.items():
+            value, expected = getattr(self, field), getattr(spec, "config_class", spec)
+            if not isinstance(value, expected):
+                raise err(field, f"expected a {expected.__name__} or a dict of its fields, got {type(value).__name__}")
         if self.patching_mode not in PATCHING_MODES:
             raise err("patching_mode", f"unknown mode {self.patching_mode!r}; choose one of {PATCHING_MODES}")
         if self.patching_mode == "entropy" and not self.has_patcher:
@@ -331,7 +401,7 @@ class BLTConfig(PreTrainedConfig):
         if self.cross_attn_k < 1:
             raise err("cross_attn_k", f"must be >= 1, got {self.cross_attn_k}")
         sizes = self.encoder_hash_byte_group_size
-        if not all(isinstance(n, int) and n >= 1 for n in sizes):
+        if not all(_is_integer(n) and n >= 1 for n in sizes):
             raise err("encoder_hash_byte_group_size", f"n-gram sizes must be integers >= 1, got {sizes}")
         if not 0 <= self.encoder_hash_byte_group_nb_functions <= len(HASH_PRIMES):
             raise err(
@@ -356,10 +426,13 @@ class BLTConfig(PreTrainedConfig):
                 f"cross_attn_k * encoder hidden_size = {patch_vector_size} != global hidden_size "
                 f"{glob.hidden_size}; set global_config.use_input_projection=None or True to add a projection",
             )
+        if self.num_hidden_layers < 1:
+            raise err("num_hidden_layers", f"must be >= 1, got {self.num_hidden_layers}")
         for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, token)
-            if isinstance(value, int) and not 0 <= value < BYTE_OFFSET:
-                raise err(token, f"must be a special id in 0..3 (bytes are 4..259), got {value}")
+            for token_id in value if isinstance(value, (list, tuple)) else [value]:
+                if token_id is not None and not (_is_integer(token_id) and 0 <= token_id < BYTE_OFFSET):
+                    raise err(token, f"must be a special id in 0..3 (bytes are 4..259), got {value!r}")
 
     @property
     def global_input_size(self) -> int:

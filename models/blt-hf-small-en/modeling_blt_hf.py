@@ -44,7 +44,7 @@ from .patching import (
     row_start_flags,
     starts_from_patch_lengths,
 )
-from .pretrained import BLTPreTrainedModel
+from .pretrained import BLTPreTrainedModel, check_labels
 
 
 @dataclass
@@ -108,6 +108,11 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError("input_ids must be a [batch, length] tensor of byte ids")
         if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids has shape {list(input_ids.shape)}: give at least one row of at least one byte id "
+                "(a sequence starts with BOS = 1)"
+            )
         lowest, highest = torch.aminmax(input_ids) if input_ids.numel() else (0, 0)
         if lowest < 0 or highest >= self.config.vocab_size:
             bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)]
@@ -127,9 +132,12 @@ class BLTModel(BLTPreTrainedModel):
                 f"attention_mask has {attention_mask.shape[1]} columns; expected {length} (this call's bytes) or "
                 f"{seen + length} (cached + new bytes)"
             )
-        valid = attention_mask[:, -length:].to(device).bool()
-        if length == 1:
-            return valid
+        mask = attention_mask[:, -length:]
+        if length == 1:  # a decoding step: no host sync
+            return mask.to(device).bool()
+        if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real byte)")
+        valid = mask.to(device).bool()
         started = valid.long().cummax(1).values.bool()
         if (started & ~valid & valid.flip(1).long().cummax(1).values.flip(1).bool()).any():
             raise ValueError("attention_mask has padding between real bytes; pad only on the left or on the right")
@@ -375,6 +383,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden).float()
         loss = None
         if labels is not None:
+            check_labels(labels, input_ids, self.vocab_size)
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
         return BLTCausalLMOutput(
             loss=loss,
@@ -385,8 +394,26 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             global_hidden_states=outputs.global_hidden_states,
         )
 
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        """generate() refuses up front an empty prompt, and a prompt plus `max_new_tokens` longer than
+        `max_position_embeddings` (rather than failing midway and losing the bytes generated so far)."""
+        if input_ids_length == 0:
+            raise ValueError("generate needs a prompt of at least one byte id (BOS = 1 to start from nothing)")
+        limit = self.config.max_position_embeddings
+        if generation_config.max_length > limit:
+            new_tokens = generation_config.max_length - input_ids_length
+            raise ValueError(
+                f"a prompt of {input_ids_length} bytes plus max_new_tokens={new_tokens} is longer than "
+                f"max_position_embeddings={limit}; set max_new_tokens <= {max(limit - input_ids_length, 0)}"
+            )
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, *args):
         """generate(): an empty `BLTCache` (never a DynamicCache) unless the user passed one or use_cache=False."""
+        mask = model_kwargs.get("attention_mask")
+        if mask is not None and not bool(mask.bool().any(1).all()):
+            empty = (~mask.bool().any(1)).nonzero().flatten().tolist()
+            raise ValueError(f"prompt rows {empty[:5]} are all padding (attention_mask 0): nothing to continue")
         cache = model_kwargs.get("past_key_values")
         if cache is not None:
             if not isinstance(cache, BLTCache):

@@ -152,7 +152,9 @@ class BLTTokenizer(PreTrainedTokenizer):
     # ------------------------------------------------------------------ raw bytes
     def encode_bytes(self, data: bytes, add_special_tokens: bool = True) -> list[int]:
         """Arbitrary bytes (invalid UTF-8 included) -> ids."""
-        ids = [b + BYTE_OFFSET for b in data]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"encode_bytes takes bytes, got {type(data).__name__}; encode a str with tokenizer(text)")
+        ids = [b + BYTE_OFFSET for b in bytes(data)]
         return self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
 
     def decode_bytes(self, ids) -> bytes:

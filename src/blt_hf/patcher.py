@@ -20,7 +20,7 @@ from .decoding import fast_layer_step, fast_paths_eligible
 from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import LocalAttentionPlan
 from .patching import chunks, documents_from_positions, entropy_from_logits
-from .pretrained import BLTPreTrainedModel
+from .pretrained import BLTPreTrainedModel, check_labels
 
 
 @dataclass
@@ -103,6 +103,8 @@ class BLTPatcher(BLTPreTrainedModel):
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
             raise ValueError(f"input_ids must be in 0..{self.config.vocab_size - 1}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         batch, length = input_ids.shape
         valid = (
             torch.ones_like(input_ids, dtype=torch.bool)
@@ -130,6 +132,7 @@ class BLTPatcher(BLTPreTrainedModel):
         logits = torch.cat(logits, dim=1) if logits else input_ids.new_zeros(batch, 0, self.config.vocab_size).float()
         loss = None
         if labels is not None:
+            check_labels(labels, input_ids, self.config.vocab_size)
             loss = self.loss_function(logits, labels.to(logits.device), self.config.vocab_size, **kwargs)
         return BLTPatcherOutput(
             loss=loss,

@@ -114,6 +114,8 @@ def blt_config_for_llama(
     **top_level,
 ) -> BLTConfig:
     """A BLTConfig around the Llama's layers; local sizes default to hidden / cross_attn_k with 64-d heads."""
+    if not isinstance(cross_attn_k, int) or cross_attn_k < 1:
+        raise ValueError(f"cross_attn_k must be an integer >= 1, got {cross_attn_k!r}")
     global_config = global_config_from_llama(llama_config)
     local_hidden_size = local_hidden_size or global_config["hidden_size"] // cross_attn_k
     local_heads = local_heads or max(1, local_hidden_size // 64)

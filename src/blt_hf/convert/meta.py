@@ -142,8 +142,23 @@ def _unsupported(args: dict) -> list[str]:
     return problems
 
 
+BLT_REQUIRED_ARGS = (
+    "dim_global", "n_layers_global", "n_heads_global", "cross_attn_k", "dim_local_encoder", "n_layers_local_encoder",
+    "n_heads_local_encoder", "dim_local_decoder", "n_layers_local_decoder", "n_heads_local_decoder",
+)
+ENTROPY_REQUIRED_ARGS = ("dim", "n_layers", "n_heads")
+
+
+def check_required_args(args: dict, required: tuple[str, ...], what: str) -> None:
+    """ValueError naming every field the official arguments lack (rather than a KeyError on the first)."""
+    missing = [name for name in required if name not in args]
+    if missing:
+        raise ValueError(f"the official {what} arguments lack {missing}: not a complete checkpoint config")
+
+
 def entropy_config_from_meta(args: dict, layout: str) -> dict:
     """The patcher sub-config of the official entropy-model arguments."""
+    check_required_args(args, ENTROPY_REQUIRED_ARGS, "entropy-model")
     consolidated = layout == "consolidated"  # the official loader ignores these fields of params.json
     return dict(
         vocab_size=args.get("vocab_size", 260),
@@ -163,6 +178,7 @@ def entropy_config_from_meta(args: dict, layout: str) -> dict:
 
 def config_from_meta(args: dict, patcher_args: dict | None, entropy: dict | None) -> BLTConfig:
     """A BLTConfig from the official model arguments, patching arguments and entropy-model sub-config."""
+    check_required_args(args, BLT_REQUIRED_ARGS, "BLT model")
     problems = _unsupported(args)
     patcher_args = patcher_args or {}
     mode = patcher_args.get("patching_mode") or args.get("patching_mode") or "entropy"

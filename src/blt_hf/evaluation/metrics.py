@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,8 @@ def bits_per_byte(model, rows, batch_size: int = 8) -> dict:
     Every real byte after a BOS is a target (BOS itself, padding and cross-document targets are not). Returns
     {"bits_per_byte", "nats_per_byte", "bytes"}.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     was_training = model.training
     model.eval()
     collator = BLTDataCollator()
@@ -50,11 +53,26 @@ def bits_per_byte(model, rows, batch_size: int = 8) -> dict:
 def load_model_and_tokenizer(model_dir: str):
     """A `BLTForCausalLM` in eval mode and a `BLTTokenizer` attached to it (its entropy model patches)."""
     from ..modeling_blt_hf import BLTForCausalLM
+    from ..pretrained import _looks_like_a_local_path
     from ..tokenization_blt_hf import BLTTokenizer
 
-    model = BLTForCausalLM.from_pretrained(model_dir).eval()
+    try:
+        model = BLTForCausalLM.from_pretrained(model_dir).eval()
+    except (OSError, ValueError) as error:
+        if _looks_like_a_local_path(model_dir):  # the local-path checks say what is wrong with the folder
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(f"{model_dir}: no such checkpoint folder here, and loading it from the Hub failed: "
+                      f"{first_line}") from error
     tokenizer = BLTTokenizer().attach_model(model)
     return model, tokenizer
+
+
+def check_files(files) -> None:
+    """FileNotFoundError for the first of `files` that is not a readable file."""
+    for name in files:
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"{name}: no such file" + (" (a folder)" if Path(name).is_dir() else ""))
 
 
 def evaluate_bits_per_byte(model_dir, files, row_length=2048, batch_size=8, split_paragraphs=False) -> dict:
@@ -62,6 +80,7 @@ def evaluate_bits_per_byte(model_dir, files, row_length=2048, batch_size=8, spli
     from ..training.data import add_patch_lengths, pack_documents, text_dataset
     from .flops import llama_flops_per_token, realised_flops
 
+    check_files(files)  # before loading the model
     model, _ = load_model_and_tokenizer(model_dir)
     rows = add_patch_lengths(pack_documents(text_dataset(files=files, split_paragraphs=split_paragraphs), row_length),
                              model)

@@ -12,12 +12,16 @@
     blt-hf eval-bpb FILE... --model DIR                  held-out bits per byte and realised FLOPs per byte
     blt-hf robustness --model DIR --output report.md      noised HellaSwag + character tasks (markdown table)
     blt-hf push DIR REPO_ID [--model-card MODEL_CARD.md]  upload a complete folder to the Hub
+
+An error in the input (a value, a file, a folder) ends a command with one line `blt-hf: error: ...` on stderr and
+exit status 2; `--debug` or BLT_HF_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_blt_hf import BLTConfig
-from ..evaluation.metrics import evaluate_bits_per_byte, load_model_and_tokenizer
+from ..evaluation.metrics import check_files, evaluate_bits_per_byte, load_model_and_tokenizer
 from .extras import require
 from .reports import calibrate_threshold, default_model, patch_report, plot_report, show_report
 
@@ -60,6 +64,59 @@ def _save_model_atomically(model, directory: Path) -> None:
         os.makedirs(scratch)  # let TemporaryDirectory clean up an empty folder
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+positive_int = _at_least(1)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `prog: error: message (see prog --help)`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# errors of bad input (values, files, folders, missing packages) end a command with one line; others are bugs
+EXPECTED_ERRORS = (ValueError, OSError, KeyError, ImportError)
+
+
+def _error_line(error: BaseException) -> str:
+    message = f"missing key {error.args[0]!r}" if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(message.split()) or type(error).__name__
+
+
 # commands whose options another parser owns: listed in `blt-hf --help`, their arguments passed on untouched
 DELEGATED_COMMANDS = {
     "train": "train a BLT",
@@ -86,11 +143,27 @@ def _run_delegated(command: str, rest: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`blt-hf`: an expected error prints `blt-hf: error: <message>` (one line on stderr) and returns 2;
+    `--debug` (anywhere in the arguments) or BLT_HF_DEBUG=1 raises it with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BLT_HF_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return run(argv)
+    except EXPECTED_ERRORS as error:
+        if debug:
+            raise
+        print(f"blt-hf: error: {_error_line(error)}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str]) -> int:
+    """Run one `blt-hf` command; errors propagate (see `main`)."""
     if argv and argv[0] in DELEGATED_COMMANDS:
         return _run_delegated(argv[0], argv[1:])
-    parser = argparse.ArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools",
-                                     epilog="blt-hf COMMAND --help shows a command's options")
+    parser = OneLineArgumentParser(prog="blt-hf", description="Byte Latent Transformer tools",
+                                   epilog="blt-hf COMMAND --help shows a command's options")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or BLT_HF_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     patch = commands.add_parser("patch", help="split a text into patches and show per-byte entropies")
@@ -102,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     calibrate = commands.add_parser("calibrate", help="fit the entropy threshold to a target mean patch size")
     calibrate.add_argument("files", nargs="+")
     calibrate.add_argument("--model", help="BLT checkpoint folder (default: $BLT_HF_MODEL or the bundled model)")
-    calibrate.add_argument("--target-bytes-per-patch", type=float, required=True)
+    calibrate.add_argument("--target-bytes-per-patch", type=_positive_float, required=True)
     calibrate.add_argument("--rule", choices=["global", "monotonic", "combined"], default="global")
-    calibrate.add_argument("--threshold-add", type=float, help="entropy-rise threshold of the combined rule")
-    calibrate.add_argument("--max-bytes", type=int, default=2_000_000, help="sample at most this much text")
+    calibrate.add_argument("--threshold-add", type=_finite_float, help="entropy-rise threshold of the combined rule")
+    calibrate.add_argument("--max-bytes", type=positive_int, default=2_000_000, help="sample at most this much text")
     calibrate.add_argument("--output", help="write a whole new checkpoint folder here (default: update the config.json "
                            "of --model in place; without --model: ./blt-hf-calibrated, never the bundled model)")
 
@@ -113,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("source", help="Llama checkpoint folder (config.json + safetensors)")
     convert.add_argument("destination", help="new BLT folder (must not exist or be empty)")
     convert.add_argument("--patcher", help="copy the entropy model (and its patching settings) from this folder")
-    convert.add_argument("--cross-attn-k", type=int, default=2)
-    convert.add_argument("--local-hidden-size", type=int, help="default: Llama hidden size / cross-attn-k")
-    convert.add_argument("--local-heads", type=int, help="default: 64-dimensional heads")
-    convert.add_argument("--encoder-layers", type=int, default=1)
-    convert.add_argument("--decoder-layers", type=int, default=4)
-    convert.add_argument("--window", type=int, default=512, help="local attention window in bytes")
-    convert.add_argument("--hash-vocab", type=int, default=50002, help="rows per hash n-gram table")
+    convert.add_argument("--cross-attn-k", type=positive_int, default=2)
+    convert.add_argument("--local-hidden-size", type=positive_int, help="default: Llama hidden size / cross-attn-k")
+    convert.add_argument("--local-heads", type=positive_int, help="default: 64-dimensional heads")
+    convert.add_argument("--encoder-layers", type=positive_int, default=1)
+    convert.add_argument("--decoder-layers", type=positive_int, default=4)
+    convert.add_argument("--window", type=positive_int, default=512, help="local attention window in bytes")
+    convert.add_argument("--hash-vocab", type=positive_int, default=50002, help="rows per hash n-gram table")
     convert.add_argument("--patching-mode", choices=["entropy", "static", "space", "byte"])
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
@@ -137,16 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     bpb = commands.add_parser("eval-bpb", help="held-out bits per byte (and realised FLOPs per byte) of text files")
     bpb.add_argument("files", nargs="+")
     bpb.add_argument("--model", required=True, help="BLT checkpoint folder")
-    bpb.add_argument("--row-length", type=int, default=2048, help="bytes per packed row")
-    bpb.add_argument("--batch-size", type=int, default=8)
+    bpb.add_argument("--row-length", type=_at_least(2), default=2048, help="bytes per packed row")
+    bpb.add_argument("--batch-size", type=positive_int, default=8)
     bpb.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line paragraph")
 
     robust = commands.add_parser("robustness", help="noised HellaSwag and CUTE-like character tasks, as markdown")
     robust.add_argument("--model", required=True, help="BLT checkpoint folder")
     robust.add_argument("--output", default="robustness.md")
     robust.add_argument("--hellaswag", default="data/tasks/hellaswag.jsonl", help="from eval/prepare_tasks.py")
-    robust.add_argument("--limit", type=int, default=200, help="HellaSwag documents (and character prompts, <= 100)")
-    robust.add_argument("--batch-size", type=int, default=8)
+    robust.add_argument("--limit", type=positive_int, default=200,
+                        help="HellaSwag documents (and character prompts, <= 100)")
+    robust.add_argument("--batch-size", type=positive_int, default=8)
     robust.add_argument("--words-file", help="word list for the character tasks, one word per line (e.g. "
                         "/usr/share/dict/words from Debian's wamerican); default: words of the HellaSwag text")
     robust.add_argument("--results-json", help="also write every task's lm-eval metrics here")
@@ -207,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "patch":
         model, _ = load_model_and_tokenizer(_model_argument(args.model))
-        report = patch_report(model, args.text)
+        report = patch_report(model, os.fsencode(args.text))  # the bytes given, even when not UTF-8
         if args.json:
             printable = {**report, "bytes": report["bytes"].decode("utf-8", "replace")}
             print(json.dumps(printable))
@@ -220,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "calibrate":
         output = args.output or (None if args.model else "blt-hf-calibrated")
         model_dir = _model_argument(args.model)
+        check_files(args.files)
         model, _ = load_model_and_tokenizer(model_dir)
         threshold, achieved = calibrate_threshold(
             model, args.files, args.target_bytes_per_patch, args.rule, args.threshold_add, max_bytes=args.max_bytes

@@ -34,8 +34,9 @@ def default_model() -> str | None:
 
 
 def patch_report(model, text: str) -> dict:
-    """Patches and per-byte entropies of `text` under the model's patching rule."""
-    ids = torch.tensor([[1] + [b + BYTE_OFFSET for b in text.encode("utf-8", "surrogatepass")]])
+    """Patches and per-byte entropies of `text` (a string, or raw bytes) under the model's patching rule."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    ids = torch.tensor([[1] + [b + BYTE_OFFSET for b in data]])
     base = model.model
     rule = PatchingRule.from_config(base.config)
     lengths, entropies = compute_patch_lengths(ids, None, rule, base.patcher)

@@ -30,7 +30,7 @@ from ..tools.extras import require
 
 def text_dataset(files=None, dataset=None, text_column: str = "text", split_paragraphs: bool = False):
     """A `datasets.Dataset` with one document per row in column "text": one per file (or per blank-line-separated
-    paragraph with `split_paragraphs`), or the `text_column` of a given dataset."""
+    paragraph with `split_paragraphs`) as the file's raw bytes, or the `text_column` of a given dataset."""
     require("datasets")
     from datasets import Dataset
 
@@ -41,8 +41,8 @@ def text_dataset(files=None, dataset=None, text_column: str = "text", split_para
             else dataset.select_columns(["text"])
     texts = []
     for name in files or []:
-        text = Path(name).read_text(encoding="utf-8", errors="replace")
-        pieces = [p.strip() for p in text.split("\n\n")] if split_paragraphs else [text]
+        data = Path(name).read_bytes()  # bytes as they are: a byte model scores any file, UTF-8 or not
+        pieces = [p.strip() for p in data.split(b"\n\n")] if split_paragraphs else [data]
         texts.extend(p for p in pieces if p)
     if not texts:
         raise ValueError("no text: give files or a dataset")
@@ -62,7 +62,7 @@ def _pack_batch(batch, row_length: int, keep_partial: bool):
         row, position = [], []
 
     for text in batch["text"]:
-        data = text.encode("utf-8", "surrogatepass")
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
         while True:
             room = row_length - len(row)
             if room < 2:  # no room for BOS + one byte

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -67,12 +68,15 @@ class TrainOptions:
     activation_checkpointing: bool = False
     fsdp: bool = False  # shard with FSDP2 (each transformer layer and cross-attention is a unit)
     resume: bool = False  # continue from the last checkpoint in OUTPUT
+    overwrite: bool = False  # write into an OUTPUT folder that holds files already (another run's)
     threads: int | None = None
 
 
 def parse_options(argv: list[str] | None, description: str, defaults: dict | None = None,
                   prog: str | None = None) -> TrainOptions:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    from ..tools.cli import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog=prog, description=description)
     parser.add_argument("--options", help="JSON file with option values (flags given here win)")
     for item in fields(TrainOptions):
         flag = "--" + item.name.replace("_", "-")
@@ -92,8 +96,47 @@ def parse_options(argv: list[str] | None, description: str, defaults: dict | Non
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}")
     options = TrainOptions(**values)
+    check_option_values(options)
     check_data_options(options)
+    check_output_folder(options)
     return options
+
+
+# option -> smallest value; None: any number (still type-checked)
+_OPTION_MINIMUMS = {
+    "row_length": 2, "batch_size": 1, "gradient_accumulation": 1, "steps": 1, "warmup_steps": 0, "eval_steps": 0,
+    "save_steps": 1, "logging_steps": 1, "max_eval_rows": 1, "seed": None, "threads": 1,
+    "learning_rate": 0, "global_lr_scale": 0, "weight_decay": 0,
+}
+
+
+def check_option_values(options: TrainOptions) -> None:
+    """Numbers of the right type and range (flags are typed by argparse; an --options JSON file is not)."""
+    for item in fields(TrainOptions):
+        value = getattr(options, item.name)
+        if item.type == "bool" and not isinstance(value, bool):
+            raise ValueError(f"option {item.name}: expected true or false, got {value!r}")
+        if item.name not in _OPTION_MINIMUMS or (value is None and item.name == "threads"):
+            continue
+        integer = item.type.startswith("int")
+        if isinstance(value, bool) or not (isinstance(value, int) if integer else isinstance(value, (int, float))):
+            raise ValueError(f"option {item.name}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+        minimum = _OPTION_MINIMUMS[item.name]
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            kind = "an integer" if integer else "a finite number"
+            raise ValueError(f"option {item.name}: expected {kind} >= {minimum}, got {value!r}")
+
+
+def check_output_folder(options: TrainOptions) -> None:
+    """Refuse an --output folder holding files (another run) unless --resume or --overwrite says so."""
+    output = Path(options.output)
+    if output.is_file():
+        raise ValueError(f"--output {output} is a file; give a folder")
+    if output.is_dir() and any(output.iterdir()) and not (options.resume or options.overwrite):
+        raise ValueError(
+            f"--output {output} already holds files (another run?); pass --resume to continue it, --overwrite to "
+            "write into it anyway, or choose a new folder"
+        )
 
 
 def check_data_options(options: TrainOptions) -> None:
