@@ -147,7 +147,9 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
                     byte = draft_logits.argmax(-1, keepdim=True)
                 drafts.append(byte)
                 sequence = torch.cat((sequence, byte), dim=1)
+            readouts = cache.current_patch_readouts  # drafting never changes the current patch: keep them
             cache.restore(snapshot)
+            cache.current_patch_readouts = readouts
             stats["draft_passes"] += drafts_wanted
         drafts = torch.cat(drafts, dim=1) if drafts else last[:, :0]
         cache.activate_past_recording()
