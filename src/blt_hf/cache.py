@@ -328,7 +328,9 @@ class BLTCache:
             record = self._records.pop()
             if remove >= record["columns"]:
                 remove -= record["columns"]
+                records = self._records
                 self.restore(record["before"])
+                self._records = records
             else:
                 self._keep_first(record, record["columns"] - remove)
                 remove = 0

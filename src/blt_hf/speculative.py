@@ -80,6 +80,9 @@ def _finish_rows(new, unfinished, eos_ids, pad_id, extra_criteria, sequences, sc
     if pad_id is not None:
         new = torch.where(pad, pad_id, new)
     finished = done_before[:, 0] | stops.any(1)
+    if bool(finished.all()):  # plain decoding stops right after the last row's stop
+        first_stop = torch.where(stops.any(1), stops.long().argmax(1), -1)
+        new = new[:, : int(first_stop.max()) + 1]
     return new, (~finished).long()
 
 
@@ -105,7 +108,7 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
     scores, raw_logits = [], []
     adaptive = speculative_bytes == "auto"
     k = 4 if adaptive else speculative_bytes
-    stats = dict(steps=0, drafted=0, accepted=0, new_bytes=0, verify_passes=0, draft_passes=0)
+    stats = dict(steps=0, drafted=0, accepted=0, new_bytes=0, verify_passes=0, draft_passes=0, uneven_steps=0)
     prompt_length = input_ids.shape[1]
 
     def choose(processed):
@@ -167,7 +170,8 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
             replacement = processed.argmax(-1)
             accepted = (drafts == replacement[:, :drafts_wanted]).long().cumprod(1).sum(1)
         live = unfinished.bool()
-        kept = int(torch.where(live, accepted, drafts_wanted).min())  # the batch keeps what every row accepted
+        most, kept = torch.where(live, accepted, 0).max(), torch.where(live, accepted, drafts_wanted).min()
+        kept, stats["uneven_steps"] = int(kept), stats["uneven_steps"] + int(most > kept)  # every row keeps `kept`
         next_byte = replacement[:, kept]  # rows that stopped accepting at `kept` (or the byte after all k)
         if kept < drafts_wanted:  # rows that accepted more keep their accepted draft
             next_byte = torch.where(accepted > kept, drafts[:, kept], next_byte)
