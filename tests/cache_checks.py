@@ -26,7 +26,7 @@ def _assert_equal(name, a, b, atol):
             _assert_equal(f"{name}.{key}", a[key], b[key], atol)
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), name
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_equal(f"{name}[{i}]", x, y, atol)
     elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.shape == b.shape, f"{name}: {getattr(b, 'shape', b)} != {a.shape}"
@@ -52,11 +52,11 @@ def assert_same_cache(cache, expected, atol: float = 1e-5) -> None:
     _assert_equal("global.lengths", expected.global_.lengths, cache.global_.lengths, atol)
     width = int(expected.global_.lengths.max()) if expected.global_.lengths.numel() else 0
     kept = torch.arange(width)[None] < expected.global_.lengths[:, None]
-    for layer, (ka, kb) in enumerate(zip(expected.global_.keys, cache.global_.keys)):
+    for layer, (ka, kb) in enumerate(zip(expected.global_.keys, cache.global_.keys, strict=True)):
         if width:
             _assert_equal(f"global.keys[{layer}]", ka[:, :, :width].transpose(1, 2)[kept],
                           kb[:, :, :width].transpose(1, 2)[kept], atol)
-    for layer, (va, vb) in enumerate(zip(expected.global_.values, cache.global_.values)):
+    for layer, (va, vb) in enumerate(zip(expected.global_.values, cache.global_.values, strict=True)):
         if width:
             _assert_equal(f"global.values[{layer}]", va[:, :, :width].transpose(1, 2)[kept],
                           vb[:, :, :width].transpose(1, 2)[kept], atol)

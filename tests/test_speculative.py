@@ -3,7 +3,7 @@ plain cached decoding and a full recompute, transformers' assisted and prompt-lo
 speculative-sampling rule against the model's distribution, and the reused-cache mistake."""
 
 import random
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def full_recompute_greedy(model, ids, mask, new_tokens):
     return ids
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(mode, seed, fast_decoding=True):
     return build_model(mode, seed, fast_decoding=fast_decoding)
 
