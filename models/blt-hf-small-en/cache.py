@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .patching import ChunkPatches, PatchingState, move_kept_to_front
+from .patching import ChunkPatches, PatchingState, move_kept_to_front, row_positions
 
 
 class SlidingWindowCache:
@@ -118,6 +118,26 @@ class SlidingWindowCache:
         start, visible = self.start, self.end + n - self.start
         return self.keys[layer_idx].narrow(2, start, visible), self.values[layer_idx].narrow(2, start, visible)
 
+    def snapshot(self) -> tuple:
+        """The live span and the buffers holding it. Appending writes only past `end` and relocating makes new
+        buffers, so `restore` of this is exact after any later calls (`BLTCache.snapshot`)."""
+        self._commit()
+        return list(self.keys), list(self.values), self._valid, self._segments, self.start, self.end
+
+    def restore(self, snapshot: tuple) -> None:
+        keys, values, self._valid, self._segments, self.start, self.end = snapshot
+        self.keys, self.values, self._pending = list(keys), list(values), 0
+
+    def drop_last(self, count: int, call_length: int, live_before: int) -> None:
+        """Forget the last `count` positions of the last call, which appended `call_length` positions to
+        `live_before` live ones: the span is then what a call of `call_length - count` positions would have left."""
+        self._commit()
+        call_start = self.end - call_length
+        if call_start - live_before < 0 or count > call_length:
+            raise RuntimeError("cannot roll this window cache back: its positions were not kept")
+        self.start, self.end, self._pending = call_start - live_before, call_start, call_length - count
+        self._commit()
+
     def select_rows(self, index: torch.Tensor) -> None:
         self._commit()
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
@@ -163,6 +183,20 @@ class PatchKVCache:
         self.lengths = self.lengths + new_counts
         self.max_length = int(self.lengths.max()) if self.lengths.numel() else 0
 
+    def snapshot(self) -> tuple:
+        """Buffers and lengths: writes land at offsets >= lengths and growing makes new buffers, so `restore` of
+        this is exact after any later calls."""
+        return list(self.keys), list(self.values), self.lengths, self.max_length
+
+    def restore(self, snapshot: tuple) -> None:
+        keys, values, self.lengths, self.max_length = snapshot
+        self.keys, self.values = list(keys), list(values)
+
+    def set_lengths(self, lengths: torch.Tensor) -> None:
+        """Keep `lengths` [B] patches per row (at most what the buffers hold): the later ones are forgotten."""
+        self.lengths = lengths
+        self.max_length = int(lengths.max()) if lengths.numel() else 0
+
     def select_rows(self, index: torch.Tensor) -> None:
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
         self.values = [None if v is None else v.index_select(0, index) for v in self.values]
@@ -187,7 +221,8 @@ class BLTCache:
     """
 
     is_compileable = False
-    is_croppable = False
+    is_croppable = True  # `crop` rolls back the calls made since `activate_past_recording`
+    layers: tuple = ()  # no transformers cache layers (read by `DeferredStopCheck.finish`)
 
     def __init__(self, config, batch_size: int, device):
         encoder, decoder = config.encoder_config, config.decoder_config
@@ -211,6 +246,8 @@ class BLTCache:
         self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
         self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
         self.continuable = True  # False once a row had padding after real bytes (right padding)
+        self.record_past = False  # `activate_past_recording`: calls are recorded so that `crop` can undo them
+        self._records: list[dict] = []
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -235,10 +272,103 @@ class BLTCache:
             return list(cross_states)
         return [torch.cat((o, s), dim=1) for o, s in zip(self.open_patch_states, cross_states, strict=True)]
 
+    # ---------------------------------------------------------------- rollback (speculative decoding)
+    _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
+              "current_patch_kv", "current_patch_readouts", "continuable")
+
+    def _windows(self) -> dict[str, SlidingWindowCache]:
+        caches = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.patcher is not None:
+            caches["patcher"] = self.patcher
+        return caches
+
+    def snapshot(self) -> dict:
+        """Everything that `restore` needs to bring the cache back to now, in O(1): the streaming state tensors
+        are replaced (never written in place) by later calls, and the window and patch caches only write past
+        their live spans or into new buffers."""
+        return {
+            "state": {name: getattr(self, name) for name in self._STATE},
+            "windows": {name: cache.snapshot() for name, cache in self._windows().items()},
+            "global": self.global_.snapshot(),
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to the moment of `snapshot` (forgets the recorded calls made since)."""
+        for name, value in snapshot["state"].items():
+            setattr(self, name, value)
+        for name, cache in self._windows().items():
+            cache.restore(snapshot["windows"][name])
+        self.global_.restore(snapshot["global"])
+        self._records = []
+
+    def activate_past_recording(self) -> None:
+        """Record every following call so that `crop` can undo any number of its last bytes (transformers'
+        assisted and prompt-lookup decoding call this, then `crop` after each verification)."""
+        self.record_past = True
+        self._records = []
+
+    def open_record(self) -> None:
+        """Called by the model at the start of a call continuing this cache while recording."""
+        if self.record_past:
+            self._records.append({"before": self.snapshot()})
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` columns of the recorded calls (transformers' convention: negative =
+        how many to remove; a positive value is the number of columns to keep). The cache is then exactly what
+        the calls without those columns would have left. Clears the record."""
+        remove = self.seen_tokens - tokens_to_remove if tokens_to_remove > 0 else -tokens_to_remove
+        if remove < 0:
+            raise ValueError(f"cannot crop a cache of {self.seen_tokens} columns to {tokens_to_remove}")
+        while remove > 0:
+            if not self._records or "columns" not in self._records[-1]:
+                raise ValueError(
+                    f"cannot remove {remove} more columns: only calls made after activate_past_recording() can "
+                    "be undone"
+                )
+            record = self._records.pop()
+            if remove >= record["columns"]:
+                remove -= record["columns"]
+                records = self._records
+                self.restore(record["before"])
+                self._records = records
+            else:
+                self._keep_first(record, record["columns"] - remove)
+                remove = 0
+        self._records = []
+
+    def _keep_first(self, record: dict, keep: int) -> None:
+        """Undo the last call (`record`) but for its first `keep` columns."""
+        patches: ChunkPatches = record["patches"]
+        if patches.rule is None:
+            raise ValueError("a call given patch_lengths cannot be partly undone")
+        before = record["before"]
+        columns = record["columns"]
+        for name, cache in self._windows().items():
+            start, end = before["windows"][name][4:]
+            cache.drop_last(columns - keep, columns, end - start)
+        for name, value in before["state"].items():
+            setattr(self, name, value)
+        valid, ids = patches.valid[:, :keep], record["ids"][:, :keep]
+        positions = row_positions(valid, self.num_bytes)
+        entropies = None if patches.entropies is None else patches.entropies[:, :keep]
+        starts, next_starts, state = patches.rule(positions, valid, ids, entropies, self.patching, None,
+                                                  self.fast_decoding)
+        prefix = ChunkPatches(patches.starts[:, :keep], patches.next_starts[:, :keep], valid,
+                              patches.patches_before, state)
+        self.global_.set_lengths(patches.patches_before + prefix.new_patches)
+        patch_kv = record["patch_kv"]
+        if keep == 1 or prefix.num_new == 0:  # what a one-byte call, or a call closing no patch, would carry
+            patch_kv = select_patch(patch_kv, prefix.new_patches)
+        self.advance(ids, self.num_bytes + valid.sum(1), prefix, [s[:, :keep] for s in record["cross_states"]],
+                     patch_kv)
+
     def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None) -> None:
         """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
         its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
         row in a one-byte step) and the slot readouts made of that patch, if any."""
+        if self.record_past and self._records and "columns" not in self._records[-1]:
+            self._records[-1].update(columns=ids.shape[1], ids=ids, patches=patches, cross_states=cross_states,
+                                     patch_kv=patch_kv)
         valid = patches.valid
         if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             self.continuable = False  # right padding: a row's next bytes would not follow its last real one
@@ -279,6 +409,7 @@ class BLTCache:
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> BLTCache:
         """Select/reorder batch rows in place (beam search, `num_return_sequences` expansion)."""
+        self._records = []
         for sub in (self.patcher, self.encoder, self.global_, self.decoder):
             if sub is not None:
                 sub.select_rows(beam_idx)

@@ -17,6 +17,7 @@ it gives alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ from .patching import (
     starts_from_patch_lengths,
 )
 from .pretrained import BLTPreTrainedModel, check_labels
+from .speculative import check_speculative_bytes, self_speculative_decoding
 
 
 @dataclass
@@ -174,6 +176,8 @@ class BLTModel(BLTPreTrainedModel):
         batch, length = input_ids.shape
         device = input_ids.device
         cache, use_cache = self._cache_to_continue(past_key_values, use_cache, position_ids, batch, device)
+        if cache is not None and cache.record_past:
+            cache.open_record()
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
 
         valid = self._new_byte_mask(attention_mask, cache, batch, length, device)
@@ -247,6 +251,39 @@ class BLTModel(BLTPreTrainedModel):
             global_hidden_states=tuple(global_hidden) if global_hidden is not None else None,
         )
 
+    def draft_step(self, input_ids: torch.LongTensor, cache: BLTCache) -> torch.Tensor:
+        """A self-speculative draft step (the Fast BLT paper's BLT-S): one real byte per row [B, 1] through the
+        local encoder and decoder only, reading the decoder's current patch as if no patch closed: no entropy
+        model, no patching, no global transformer. Returns decoder states [B, 1, d].
+
+        It writes the byte into the encoder and decoder window caches and advances the byte counts, nothing else:
+        take a `cache.snapshot()` before drafting and `cache.restore` it before verifying."""
+        batch, device = input_ids.shape[0], input_ids.device
+        valid = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        positions = cache.num_bytes[:, None]
+        embeddings = self.local_encoder.embed_tokens(input_ids) + self.encoder_hash_tok_embedding(
+            input_ids, cache.byte_history
+        )
+        encoder_plan = LocalAttentionPlan(self.config.encoder_config.sliding_window, valid, None, cache.encoder)
+        byte_states, _, _ = self.local_encoder.encode_bytes(embeddings, positions, encoder_plan)
+        segments = None
+        if self.config.decoder_config.patch_local_attention:  # the byte stays in the current decoder patch
+            segments = (cache.num_patches - 1)[:, None]
+        decoder_plan = LocalAttentionPlan(self.config.decoder_config.sliding_window, valid, segments, cache.decoder)
+        patch_kv = self.local_decoder.patch_table(cache.current_patch_kv, None, batch, device, byte_states.dtype)
+        readouts = None
+        if fast_paths_eligible(byte_states, cache):
+            if cache.current_patch_readouts is None:
+                cache.current_patch_readouts = slot_readouts(self.local_decoder.cross_attn_layers, patch_kv)
+            readouts = cache.current_patch_readouts
+        byte_patch = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        hidden, _ = self.local_decoder(byte_states, positions, decoder_plan, patch_kv, byte_patch, False, readouts)
+        cache.seen_tokens += 1
+        cache.num_bytes = cache.num_bytes + 1
+        history = torch.cat((cache.byte_history, input_ids), dim=1)
+        cache.byte_history = history[:, history.shape[1] - cache.byte_history.shape[1] :]
+        return hidden
+
     def _cache_to_continue(self, past_key_values, use_cache, position_ids, batch, device):
         """(the `BLTCache` this call continues or starts, or None; whether to return it)."""
         if position_ids is not None and (past_key_values is not None or use_cache):
@@ -269,11 +306,12 @@ class BLTModel(BLTPreTrainedModel):
         """Where the chunk's patches start: the patching rule (continuing the cache's state), or `patch_lengths`."""
         batch, device = ids.shape[0], ids.device
         patches_before = cache.num_patches if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
-        state = None
+        state = entropies = None
+        rule = self.patching_rule
         if patch_lengths is None or cache is not None:  # a cache continues with the rule afterwards
             initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
-            starts, next_starts, state, _ = compute_patch_starts(
-                self.patching_rule, ids, positions, valid, initial, patcher=self.patcher,
+            starts, next_starts, state, entropies = compute_patch_starts(
+                rule, ids, positions, valid, initial, patcher=self.patcher,
                 patcher_cache=cache.patcher if cache is not None else None, documents=documents,
                 document_positions=document_positions, one_byte_step=self.config.fast_decoding,
             )
@@ -283,7 +321,10 @@ class BLTModel(BLTPreTrainedModel):
             )
             if state is not None:
                 state = replace(state, pending_start=pending_start)
-        return ChunkPatches(starts, next_starts, valid, patches_before, state if cache is not None else None)
+        if cache is None:
+            return ChunkPatches(starts, next_starts, valid, patches_before)
+        return ChunkPatches(starts, next_starts, valid, patches_before, state,
+                            rule if patch_lengths is None else None, entropies)
 
     @staticmethod
     def _starts_from_lengths(patch_lengths, positions, valid, cache, document_positions):
@@ -394,6 +435,58 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             global_hidden_states=outputs.global_hidden_states,
         )
 
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers' `generate`, plus exact self-speculative decoding: `speculative_bytes=k` (a generate kwarg
+        or a `generation_config` attribute; "auto" adapts k) drafts k bytes per step with the local stacks and
+        verifies them in one pass of the full model (`speculative.py`); greedy output is plain greedy decoding's
+        and sampled output follows the model's distribution. A `past_key_values` must continue the prompt: a
+        cache that has already seen the prompt's bytes (or others) is refused."""
+        config = generation_config if generation_config is not None else self.generation_config
+        speculative = kwargs.pop("speculative_bytes", getattr(config, "speculative_bytes", None))
+        cache = kwargs.get("past_key_values")
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(cache, BLTCache) and isinstance(prompt, torch.Tensor) and prompt.dim() == 2:
+            self._check_cache_continues(cache, prompt, kwargs.get("attention_mask"))
+        if speculative is None or speculative == 0:
+            return super().generate(inputs, generation_config, **kwargs)
+        speculative = check_speculative_bytes(speculative)
+        if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens"):
+            raise ValueError(
+                "speculative_bytes (self-speculation) cannot be combined with assistant_model or "
+                "prompt_lookup_num_tokens: use one of them"
+            )
+        for name in ("num_beams", "num_return_sequences"):
+            if (kwargs.get(name) or getattr(config, name, 1) or 1) > 1:
+                raise ValueError(f"speculative_bytes decodes one sequence per row: {name} must be 1")
+        if kwargs.get("custom_generate") is not None:
+            raise ValueError("speculative_bytes cannot be combined with custom_generate")
+        decoding = partial(self_speculative_decoding, speculative_bytes=speculative,
+                           speculative_streamer=kwargs.get("streamer"))
+        return super().generate(inputs, generation_config, custom_generate=decoding, **kwargs)
+
+    @staticmethod
+    def _check_cache_continues(cache: BLTCache, prompt: torch.Tensor, attention_mask=None) -> None:
+        """A cache passed to generate() must have seen fewer columns than the prompt, and the last bytes it saw
+        must be the prompt's at those columns (a cache returned by an earlier call holds that call's output)."""
+        seen = cache.get_seq_length()
+        if seen >= prompt.shape[1]:
+            raise ValueError(
+                f"past_key_values has already seen {seen} byte columns but the prompt has {prompt.shape[1]}: "
+                "a cache continues only the sequence it was built on. Pass that sequence plus new bytes (e.g. the "
+                "previous generate() output), or a fresh cache"
+            )
+        width = min(seen, cache.byte_history.shape[1])
+        if width and cache.byte_history.shape[0] == prompt.shape[0]:
+            expected = prompt[:, seen - width : seen].to(cache.byte_history.device)
+            if attention_mask is not None and attention_mask.shape[1] == prompt.shape[1]:
+                real = attention_mask[:, seen - width : seen].to(expected.device).bool()
+                expected = torch.where(real, expected, BOE_ID)
+            if not torch.equal(cache.byte_history[:, -width:], expected):
+                raise ValueError(
+                    "the prompt does not continue the bytes past_key_values has seen: pass the sequence the cache "
+                    "was built on plus new bytes, or a fresh cache"
+                )
+
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """generate() refuses up front an empty prompt, and a prompt plus `max_new_tokens` longer than
         `max_position_embeddings` (rather than failing midway and losing the bytes generated so far)."""
@@ -419,6 +512,8 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             if not isinstance(cache, BLTCache):
                 raise ValueError(f"past_key_values must be a BLTCache, got {type(cache).__name__}")
             cache._is_user_defined = True
+            if generation_config.is_assistant:  # transformers' assisted decoding crops the assistant's cache
+                cache.activate_past_recording()
             return
         if generation_config.use_cache is False:
             return
@@ -426,6 +521,8 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             raise ValueError("BLT carries its own BLTCache; cache_implementation is not supported")
         expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         model_kwargs["past_key_values"] = BLTCache(self.config, batch_size * expand, self.device)
+        if generation_config.is_assistant:
+            model_kwargs["past_key_values"].activate_past_recording()
 
     def prepare_inputs_for_generation(
         self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, next_sequence_length=None,

@@ -371,6 +371,8 @@ class ChunkPatches:
 
     starts/next_starts/valid [B, n]: does each byte start a patch, does the position after it; which are real.
     patches_before [B]: patches closed before the chunk. state: the patching rule's state after the chunk.
+    rule / entropies: the rule that made the starts and the entropies it read (so that `BLTCache.crop` can redo it
+    on a prefix of the chunk); None when given patch lengths made them.
     Derived: closes [B, n] (the byte ends a patch); new_patches [B] (patches closed in the chunk) and num_new
     (their max); local_patch [B, n] (0 = the patch open when the chunk began, +1 at each start); decoder_patch
     [B, n] (the patch each byte reads, in [current patch, patches closed in the chunk]).
@@ -381,6 +383,8 @@ class ChunkPatches:
     valid: torch.Tensor
     patches_before: torch.Tensor
     state: PatchingState | None = None
+    rule: PatchingRule | None = None
+    entropies: torch.Tensor | None = None
     closes: torch.Tensor = field(init=False)
     new_patches: torch.Tensor = field(init=False)
     num_new: int = field(init=False)
