@@ -305,3 +305,39 @@ def test_generate_refuses_a_cache_that_already_saw_the_prompt_or_other_bytes():
         continued = model.generate(longer, past_key_values=cache, max_new_tokens=10, **GREEDY)
         fresh = model.generate(longer, max_new_tokens=10, **GREEDY)
     assert torch.equal(continued, fresh)
+
+
+# ---------------------------------------------------------------- the fused layers of a verification pass
+def test_short_chunks_continuing_a_cache_run_fused_layers_equal_to_the_layer_formula():
+    """A verification pass runs the local stacks' layers fused (`decoding.fused_layers_eligible`): chunks of 2..7
+    bytes after a prefill, against the layer's formula in float64 (GQA, norms away from 1)."""
+    from blt_hf import decoding
+    from blt_hf.cache import SlidingWindowCache
+    from blt_hf.layers import BLTRotaryEmbedding, BLTTransformerLayer
+    from blt_hf.masks import LocalAttentionPlan
+
+    class RopeConfig:
+        head_dim = 8
+        rope_parameters = {"rope_theta": 10000.0}
+
+    torch.manual_seed(0)
+    layer = BLTTransformerLayer(32, 4, 2, 48, 1e-5, layer_idx=0).eval()
+    with torch.no_grad():
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight.add_(torch.randn(32) * 0.3)
+    rope, cache = BLTRotaryEmbedding(RopeConfig()), SlidingWindowCache(1, None)
+    x = torch.randn(2, 3 + 2 + 7 + 4, 32)
+    outputs, fused_chunks = [], 0
+    with torch.no_grad():
+        for begin, end in ((0, 3), (3, 5), (5, 12), (12, 16)):
+            chunk = x[:, begin:end]
+            plan = LocalAttentionPlan(None, torch.ones(chunk.shape[:2], dtype=torch.bool), cache=cache)
+            rotations = rope(torch.arange(begin, end).expand(2, -1))
+            if decoding.fused_layers_eligible(chunk, cache):
+                fused_chunks += 1
+                outputs.append(decoding.fast_layer_step(layer, chunk, rotations, plan))
+            else:
+                outputs.append(layer(chunk, rotations, plan))
+    assert fused_chunks == 4 and cache.step_weights[0] is not None
+    torch.testing.assert_close(torch.cat(outputs, 1).double(), decoding.naive_layer(layer, x), atol=1e-5, rtol=0)
+    assert not decoding.fused_layers_eligible(torch.zeros(1, decoding.FUSED_CHUNK_BYTES + 1, 32), cache)

@@ -34,6 +34,19 @@ def fast_paths_eligible(hidden_states: torch.Tensor, cache) -> bool:
     )
 
 
+FUSED_CHUNK_BYTES = 32  # a short chunk continuing a cache (a speculative verification) takes the fused layers too
+
+
+def fused_layers_eligible(hidden_states: torch.Tensor, cache) -> bool:
+    """Whether a stack call may run its layers as `fast_layer_step`: a `fast_paths_eligible` one-byte step, or a
+    short chunk (up to `FUSED_CHUNK_BYTES` bytes per row) under the same conditions."""
+    return (
+        cache is not None and cache.fast_decoding and 1 <= hidden_states.shape[1] <= FUSED_CHUNK_BYTES
+        and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(hidden_states.device.type)
+    )
+
+
 def plain_fp32(norms, linears, *others) -> bool:
     """Whether fused paths may read these modules' weights directly: plain `BLTRMSNorm`s and bias-free `nn.Linear`s
     in fp32, and nothing hooked on them or on `others`."""
@@ -86,7 +99,9 @@ def fused_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, atten
     per-row scale (its weight lives in the next matmul) and the residual adds ride on the output matmuls."""
     qkv_t, o_t, gate_up_t, down_t, eps = weights
     heads, kv_heads, dim = layer.self_attn.num_heads, layer.self_attn.num_kv_heads, layer.self_attn.head_dim
-    batch, _, width = hidden_states.shape
+    batch, length, width = hidden_states.shape
+    if length > 1:
+        return _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights)
     qkv = torch.mm((hidden_states * rms_scale(hidden_states, eps)).view(batch, width), qkv_t)
     rotary = (heads + kv_heads) * dim
     qk = torch.view_as_complex(qkv[:, :rotary].view(batch, heads + kv_heads, dim // 2, 2))
@@ -98,6 +113,27 @@ def fused_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, atten
     inner = gate_up.shape[1] // 2
     activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
     return torch.addmm(hidden, activated, down_t).view(batch, 1, width)
+
+
+def _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
+    """`fused_layer_step` on n > 1 bytes per row [B, n, d] (rotations [B, n, 1, D / 2])."""
+    qkv_t, o_t, gate_up_t, down_t, eps = weights
+    heads, kv_heads, dim = layer.self_attn.num_heads, layer.self_attn.num_kv_heads, layer.self_attn.head_dim
+    batch, length, width = hidden_states.shape
+    flat = hidden_states.reshape(batch * length, width)
+    qkv = torch.mm(flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + eps), qkv_t)
+    rotary = (heads + kv_heads) * dim
+    qk = torch.view_as_complex(qkv[:, :rotary].reshape(batch, length, heads + kv_heads, dim // 2, 2))
+    qk = torch.view_as_real(qk * rotations.view(batch, length, 1, dim // 2))
+    q = qk[:, :, :heads].reshape(batch, length, heads, dim).transpose(1, 2)
+    k = qk[:, :, heads:].reshape(batch, length, kv_heads, dim).transpose(1, 2)
+    v = qkv[:, rotary:].reshape(batch, length, kv_heads, dim).transpose(1, 2)
+    out = attention_plan(q, k, v, layer.layer_idx)  # [B, H, n, D]
+    hidden = torch.addmm(flat, out.transpose(1, 2).reshape(batch * length, heads * dim), o_t)
+    gate_up = torch.mm(hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps), gate_up_t)
+    inner = gate_up.shape[1] // 2
+    activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
+    return torch.addmm(hidden, activated, down_t).view(batch, length, width)
 
 
 # ---------------------------------------------------------------- slot readouts of the decoder's current patch

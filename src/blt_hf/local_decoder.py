@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTLocalDecoderConfig
-from .decoding import fast_layer_step, fast_paths_eligible, read_slots
+from .decoding import fast_layer_step, fused_layers_eligible, read_slots
 from .layers import BLTCrossAttention, BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 
 
@@ -60,7 +60,7 @@ class BLTLocalDecoder(nn.Module):
         hidden = F.dropout(byte_states, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(positions)
         all_states = [hidden] if output_hidden_states else None
-        fast = fast_paths_eligible(hidden, attention_plan.cache)
+        fast = fused_layers_eligible(hidden, attention_plan.cache)
         for idx, layer in enumerate(self.layers):
             if idx < len(self.cross_attn_layers) and slot_readouts is not None:
                 hidden = read_slots(hidden, slot_readouts[idx])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTLocalEncoderConfig
-from .decoding import fast_layer_step, fast_paths_eligible
+from .decoding import fast_layer_step, fused_layers_eligible
 from .layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
 
 
@@ -49,7 +49,7 @@ class BLTLocalEncoder(nn.Module):
         rotations = self.rotary_emb(positions)
         read = set(self.cross_attention_layer_indices)
         cross_states, all_states = [], [hidden] if output_hidden_states else None
-        fast = fast_paths_eligible(hidden, attention_plan.cache)
+        fast = fused_layers_eligible(hidden, attention_plan.cache)
         for idx, layer in enumerate(self.layers):
             if fast:
                 hidden = fast_layer_step(layer, hidden, rotations, attention_plan)

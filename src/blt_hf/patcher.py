@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 
 from .cache import SlidingWindowCache
 from .configuration_blt_hf import BLTPatcherConfig
-from .decoding import fast_layer_step, fast_paths_eligible
+from .decoding import fast_layer_step, fused_layers_eligible
 from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import LocalAttentionPlan
 from .patching import chunks, documents_from_positions, entropy_from_logits
@@ -76,7 +76,7 @@ class BLTPatcher(BLTPreTrainedModel):
         plan = LocalAttentionPlan(self.config.sliding_window, valid, segments, cache=cache)
         hidden = self.embed_tokens(ids)
         rotations = self.rotary_emb(positions)
-        fast = fast_paths_eligible(hidden, cache)
+        fast = fused_layers_eligible(hidden, cache)
         for layer in self.layers:
             hidden = fast_layer_step(layer, hidden, rotations, plan) if fast else layer(hidden, rotations, plan)
         return self.lm_head(self.norm(hidden)).float()
