@@ -1,8 +1,8 @@
 """Self-speculative decoding (`generate(..., speculative_bytes=k)`) against plain cached decoding, on a shipped
 model and real text: wall clock, acceptance, forward passes per byte and the weight bytes read per byte.
 
-Prompts are slices of the Debian license texts (`eval/common.py`); greedy, fp32. Per-byte time is
-(time of generate(new bytes) - time of generate(1 byte)) / (new bytes - 1), so the prefill is excluded; each run
+Prompts are slices of the Debian license texts (`eval/common.py`); greedy, fp32. Time per step (one byte of every
+row) is (time of generate(new bytes) - time of generate(1 byte)) / (new bytes - 1), so the prefill is excluded; each run
 is the best of `--repeats` rounds in which all variants take turns. Every speculative output is checked equal to
 plain decoding's.
 
@@ -169,7 +169,7 @@ def main():
             read = (verify * (stacks["patcher"] + stacks["local"]) + drafts * draft_bytes
                     + max(counts["global_"] - 1, 0) * stacks["global"]) / (new * batch)
             result = {
-                "ms_per_byte": round(seconds * 1e3, 3),
+                "ms_per_step": round(seconds * 1e3, 3),  # one byte of every row
                 "bytes_per_s": round(batch / seconds, 1),
                 "speedup_vs_plain": round(plain_s / seconds, 3),
                 "acceptance": round(stats["accepted"] / stats["drafted"], 3) if stats and stats["drafted"] else None,
@@ -184,7 +184,7 @@ def main():
             rows.append({"batch": batch, "variant": name, **result})
         results[str(batch)] = batch_results
     costs = pass_costs(model, byte_rows(text, 1, args.context), ks)
-    print_table(rows, ["batch", "variant", "ms_per_byte", "bytes_per_s", "speedup_vs_plain", "acceptance",
+    print_table(rows, ["batch", "variant", "ms_per_step", "bytes_per_s", "speedup_vs_plain", "acceptance",
                        "bytes_per_full_pass", "global_passes_per_byte", "weight_mb_read_per_byte"])
     print(f"per-pass costs at batch 1 (ms): {costs}")
     print(f"weights read per pass (MB): { {k: round(v / 2**20, 2) for k, v in stacks.items()} }")
