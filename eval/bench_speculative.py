@@ -93,6 +93,11 @@ def pass_costs(model, ids, ks, repeats=20):
         cache = model(ids[:, :-1], use_cache=True).past_key_values
         last = ids[:, -1:]
         snapshot = cache.snapshot()
+        model.model.draft_step(last, cache)  # the slot readouts of the current patch, made once per step in decoding
+        readouts = cache.current_patch_readouts
+        cache.restore(snapshot)
+        cache.current_patch_readouts = readouts
+        snapshot = cache.snapshot()
 
         def plain():
             cache.restore(snapshot)

@@ -341,3 +341,21 @@ def test_short_chunks_continuing_a_cache_run_fused_layers_equal_to_the_layer_for
     assert fused_chunks == 4 and cache.step_weights[0] is not None
     torch.testing.assert_close(torch.cat(outputs, 1).double(), decoding.naive_layer(layer, x), atol=1e-5, rtol=0)
     assert not decoding.fused_layers_eligible(torch.zeros(1, decoding.FUSED_CHUNK_BYTES + 1, 32), cache)
+
+
+def test_a_streamer_receives_the_speculative_bytes_as_they_are_accepted():
+    import io
+    from contextlib import redirect_stdout
+
+    from transformers import TextStreamer
+
+    from blt_hf import BLTTokenizer
+
+    model, tokenizer = _model("space", 14), BLTTokenizer()
+    ids = torch.tensor([tokenizer.encode("Streaming bytes:")])
+    stream = io.StringIO()
+    with torch.no_grad(), redirect_stdout(stream):
+        out = model.generate(ids, max_new_tokens=30, speculative_bytes=4,
+                             streamer=TextStreamer(tokenizer, skip_special_tokens=True), **GREEDY)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=30, **GREEDY))
+    assert stream.getvalue().strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
