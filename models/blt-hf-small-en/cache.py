@@ -195,7 +195,7 @@ class BLTCache:
         patcher = config.patcher_config
         self.patcher = (
             SlidingWindowCache(patcher.num_hidden_layers, patcher.sliding_window, self.fast_decoding)
-            if config.has_patcher and config.patching_mode == "entropy"
+            if config.has_patcher and config.patching_mode in ("entropy", "boundary")
             else None
         )
         self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
@@ -203,6 +203,8 @@ class BLTCache:
         self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding)
         self.patching = PatchingState.initial(batch_size, device)
         history = max(config.encoder_hash_byte_group_size) - 1
+        if config.vocab_embedding_rows:
+            history = max(history, config.vocab_embedding_max_bytes - 1)
         self.byte_history = torch.zeros(batch_size, history, dtype=torch.long, device=device)
         self.num_bytes = torch.zeros(batch_size, dtype=torch.long, device=device)  # real bytes seen per row
         self.seen_tokens = 0  # columns of input_ids consumed (padding included)
@@ -211,6 +213,7 @@ class BLTCache:
         self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
         self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
         self.continuable = True  # False once a row had padding after real bytes (right padding)
+        self.open_patch_begin = torch.zeros(batch_size, dtype=torch.long, device=device)  # position it began at
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -235,10 +238,14 @@ class BLTCache:
             return list(cross_states)
         return [torch.cat((o, s), dim=1) for o, s in zip(self.open_patch_states, cross_states, strict=True)]
 
-    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None) -> None:
+    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None,
+                patch_begins=None) -> None:
         """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
         its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
-        row in a one-byte step) and the slot readouts made of that patch, if any."""
+        row in a one-byte step), the slot readouts made of that patch, if any, and where each byte's patch began
+        (`patching.patch_begins`, when the model tracks it)."""
+        if patch_begins is not None:
+            self.open_patch_begin = patch_begins[:, -1]
         valid = patches.valid
         if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             self.continuable = False  # right padding: a row's next bytes would not follow its last real one
@@ -285,6 +292,7 @@ class BLTCache:
         self.patching = self.patching.select_rows(beam_idx)
         self.byte_history = self.byte_history.index_select(0, beam_idx)
         self.num_bytes = self.num_bytes.index_select(0, beam_idx)
+        self.open_patch_begin = self.open_patch_begin.index_select(0, beam_idx)
         if self.open_patch_states is not None:
             self.open_patch_states = [s.index_select(0, beam_idx) for s in self.open_patch_states]
             self.open_patch_valid = self.open_patch_valid.index_select(0, beam_idx)

@@ -193,7 +193,7 @@ def run(argv: list[str]) -> int:
     convert.add_argument("--decoder-layers", type=positive_int, default=4)
     convert.add_argument("--window", type=positive_int, default=512, help="local attention window in bytes")
     convert.add_argument("--hash-vocab", type=positive_int, default=50002, help="rows per hash n-gram table")
-    convert.add_argument("--patching-mode", choices=["entropy", "static", "space", "byte"])
+    convert.add_argument("--patching-mode", choices=["entropy", "boundary", "static", "space", "byte"])
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
     meta = commands.add_parser("convert-meta", help="convert Meta's released BLT / entropy-model checkpoints")

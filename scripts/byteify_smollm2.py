@@ -1,0 +1,126 @@
+"""Byte-ify SmolLM2-135M-Instruct on this machine's CPU: the real run behind the default model (issue 20).
+
+Data (all from package registries): prose = scripts/prepare_corpus.py's corpus (Shakespeare, Brown, SOTU, Moby
+Dick; its held-out split: Hamlet, The Tempest, Brown genre K, SOTU from 2001); technical prose = the CPython 3.11
+documentation sources (Debian `python3.11-doc`); code = the Python 3.11 standard library (tests excluded). Technical
+prose and code hold out one file in ten (`byteify.held_out`). The steps, each resumable:
+
+    python scripts/byteify_smollm2.py teacher --minutes 60     # the frozen SmolLM2's outputs on training windows
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import torch  # noqa: E402
+
+from blt_hf.training.byteify import (  # noqa: E402
+    SourceVocabulary,
+    TeacherShards,
+    held_out,
+    start_token_id,
+    text_windows,
+)
+
+CACHE = Path.home() / ".cache" / "blt_hf"
+
+
+def pydoc_folder(cache: Path) -> Path:
+    folder = cache / "python3.11-doc"
+    sources = folder / "usr/share/doc/python3.11/html/_sources"
+    if not sources.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "python3.11-doc"], cwd=folder, check=True, capture_output=True)
+        deb = next(folder.glob("python3.11-doc_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+    return sources
+
+
+def documents(args, split: str) -> dict[str, list[Path]]:
+    """{kind: files} of the split ('train' or 'heldout')."""
+    corpus = Path(args.corpus)
+    if not (corpus / "manifest.json").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).parent / "prepare_corpus.py"), "--out", str(corpus)],
+                       check=True)
+    prose = sorted((corpus / split).glob("*.txt"))
+    technical = sorted(pydoc_folder(Path(args.cache)).rglob("*.rst.txt"))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = sorted(p for p in stdlib.rglob("*.py") if "test" not in p.parts and "site-packages" not in p.parts
+                  and "idlelib" not in p.parts)
+    keep = (lambda p: held_out(p)) if split == "heldout" else (lambda p: not held_out(p))
+    return {"prose": prose, "technical": [p for p in technical if keep(p)], "code": [p for p in code if keep(p)]}
+
+
+def training_texts(args) -> list[bytes]:
+    """Training documents of the three kinds, interleaved in a fixed shuffled order (about half prose)."""
+    rng = random.Random(0)
+    kinds = documents(args, "train")
+    texts = {}
+    for kind, files in kinds.items():
+        files = files[:]
+        rng.shuffle(files)
+        texts[kind] = [f.read_bytes() for f in files]
+    order = []
+    for i in range(max(len(v) for v in texts.values())):
+        for kind, weight in (("prose", 2), ("technical", 1), ("code", 1)):
+            for j in range(weight):
+                k = i * weight + j
+                if k < len(texts[kind]):
+                    order.append(texts[kind][k])
+    return order
+
+
+def source(args):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from eval.smollm2_conversion import llama_folder
+
+    folder = llama_folder(Path(args.cache) / "smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return folder, tokenizer, LlamaForCausalLM.from_pretrained(folder).eval()
+
+
+def teacher(args):
+    folder, tokenizer, llama = source(args)
+    vocabulary = SourceVocabulary.from_tokenizer(tokenizer)
+    shards = TeacherShards(Path(args.work) / "teacher")
+    deadline = time.time() + 60 * args.minutes
+    windows = text_windows(training_texts(args), tokenizer, vocabulary, args.tokens_per_window)
+
+    def until_deadline():
+        for window in windows:
+            if time.time() > deadline:
+                return
+            yield window
+
+    done = shards.compute(llama, tokenizer, until_deadline(), start_token_id(tokenizer),
+                          windows_per_shard=args.windows_per_shard, log=lambda m: print(m, flush=True))
+    print(f"teacher: {done} windows in {shards.folder}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["teacher"])
+    parser.add_argument("--cache", default=str(CACHE))
+    parser.add_argument("--corpus", default=str(CACHE / "corpus"))
+    parser.add_argument("--work", default=str(CACHE / "byteify-smollm2"))
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--tokens-per-window", type=int, default=256)
+    parser.add_argument("--windows-per-shard", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    {"teacher": teacher}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
