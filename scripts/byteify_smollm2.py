@@ -6,6 +6,10 @@ documentation sources (Debian `python3.11-doc`); code = the Python 3.11 standard
 prose and code hold out one file in ten (`byteify.held_out`). The steps, each resumable:
 
     python scripts/byteify_smollm2.py teacher --minutes 60     # the frozen SmolLM2's outputs on training windows
+    python scripts/byteify_smollm2.py stage1 --minutes 90      # boundary predictor, then the local stacks
+    python scripts/byteify_smollm2.py eval                     # bits per byte on held-out prose, docs, code
+
+Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import torch  # noqa: E402
 
 from blt_hf.training.byteify import (  # noqa: E402
+    STAGE1_TRAINABLE,
+    ShardStream,
     SourceVocabulary,
     TeacherShards,
+    boundary_loss,
+    byteify_model,
+    evaluate_windows,
     held_out,
+    stage1_loss,
     start_token_id,
     text_windows,
+    train_stage,
 )
+
+MODEL_OPTIONS = dict(local_hidden_size=256, local_heads=4, encoder_layers=1, decoder_layers=4, window=128,
+                     hash_sizes=(3, 4, 5, 6), hash_vocab=8192)
 
 CACHE = Path.home() / ".cache" / "blt_hf"
 
@@ -107,9 +121,70 @@ def teacher(args):
     print(f"teacher: {done} windows in {shards.folder}")
 
 
+def byteified(args, folder, tokenizer):
+    model, vocabulary = byteify_model(folder, tokenizer, **MODEL_OPTIONS)
+    return model, vocabulary
+
+
+def stage1(args):
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = byteified(args, folder, tokenizer)
+    work = Path(args.work)
+    shards = TeacherShards(work / "teacher")
+    deadline = time.time() + 60 * args.minutes
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    train_stage(model.model.patcher, model.model.patcher, boundary_loss, ShardStream(shards, vocabulary, 8), work,
+                args.boundary_steps, 2e-3, ("",), "boundary", deadline=deadline, log=log)
+    train_stage(model, model, stage1_loss, ShardStream(shards, vocabulary, args.batch_windows), work,
+                args.stage1_steps, 1e-3, STAGE1_TRAINABLE, "stage1", deadline=deadline, log=log)
+
+
+def load_trained(args, folder, tokenizer):
+    """The byte-ified model with the stage weights found under --work."""
+    from safetensors.torch import load_file
+
+    model, vocabulary = byteified(args, folder, tokenizer)
+    work = Path(args.work)
+    for stage, module in (("boundary", model.model.patcher), ("stage1", model)):
+        weights = work / stage / "weights.safetensors"
+        if weights.is_file():
+            module.load_state_dict(load_file(str(weights)), strict=False)
+    return model.eval(), vocabulary
+
+
+def evaluate(args):
+    import json
+
+    folder, tokenizer, llama = source(args)
+    model, vocabulary = load_trained(args, folder, tokenizer)
+    start = start_token_id(tokenizer)
+    kinds = documents(args, "heldout")
+    kinds["sample"] = [Path(__file__).resolve().parent.parent / "tests" / "data" / "heldout_sample.txt"]
+    results = {}
+    for kind, files in kinds.items():
+        windows = []
+        for window in text_windows([f.read_bytes() for f in files], tokenizer, vocabulary, args.tokens_per_window):
+            windows.append(window)
+            if len(windows) >= args.eval_windows:
+                break
+        begin = time.time()
+        results[kind] = evaluate_windows(model, llama, windows, vocabulary, start)
+        print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
+    steps = {}
+    for stage in ("boundary", "stage1"):
+        state = Path(args.work) / stage / "state.json"
+        steps[stage] = json.loads(state.read_text()) if state.is_file() else None
+    print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "stages": steps,
+                      "held_out": results}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher"])
+    parser.add_argument("step", choices=["teacher", "stage1", "eval"])
+    parser.add_argument("--boundary-steps", type=int, default=400)
+    parser.add_argument("--stage1-steps", type=int, default=1500)
+    parser.add_argument("--batch-windows", type=int, default=8)
+    parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--cache", default=str(CACHE))
     parser.add_argument("--corpus", default=str(CACHE / "corpus"))
     parser.add_argument("--work", default=str(CACHE / "byteify-smollm2"))
@@ -119,7 +194,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"teacher": teacher}[args.step](args)
+    {"teacher": teacher, "stage1": stage1, "eval": evaluate}[args.step](args)
 
 
 if __name__ == "__main__":

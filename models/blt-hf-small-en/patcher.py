@@ -148,7 +148,8 @@ class BLTPatcher(BLTPreTrainedModel):
         ]
         if cache is not None and length:
             cache.count_bytes(valid)
-        states = torch.cat(states, dim=1) if states else self.embed_tokens.weight.new_zeros(batch, 0, self.config.hidden_size)
+        width = self.config.hidden_size
+        states = torch.cat(states, dim=1) if states else self.embed_tokens.weight.new_zeros(batch, 0, width)
         logits = self.lm_head(states).float()
         boundary_logits = self.boundary_head(states).squeeze(-1).float() if self.boundary_head is not None else None
         loss = boundary_loss = None
