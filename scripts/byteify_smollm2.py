@@ -96,9 +96,9 @@ def training_texts(args) -> list[bytes]:
 def source(args):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from eval.smollm2_conversion import llama_folder
+    from blt_hf.convert.byteified import smollm2_folder
 
-    folder = llama_folder(Path(args.cache) / "smollm2")
+    folder = smollm2_folder(Path(args.cache) / "smollm2")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return folder, tokenizer, LlamaForCausalLM.from_pretrained(folder).eval()
 

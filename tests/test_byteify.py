@@ -281,3 +281,33 @@ def test_byteify_refuses_bad_sources_and_writes_nothing(tmp_path, source, capsys
         assert not out.exists() and not Path(f"{out}.work").exists()
     with pytest.raises(FileNotFoundError):
         byteify(ByteifyOptions(str(folder), str(tmp_path / "o"), [str(tmp_path / "nope.txt")], [str(text)]))
+
+
+def test_a_shipped_delta_assembles_into_the_model_and_checks_its_logits(tmp_path, source, byteified):
+    from blt_hf.convert.byteified import assemble, export_delta
+
+    folder, tokenizer, llama = source
+    model, _ = byteified
+    shipped = tmp_path / "shipped"
+    export_delta(model, shipped, {"llama_folder": str(folder)})
+    assert not (shipped / "model.safetensors").exists()
+    delta_bytes = (shipped / "delta.safetensors").stat().st_size
+    source_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "global_transformer.layers" in n)
+    assert delta_bytes < sum(p.numel() * 2 for p in model.parameters()) - source_bytes  # no source weights inside
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for f in shipped.iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((tampered / "assembly.json").read_text())
+    spec["checksum"]["mean_abs"] *= 1.5
+    (tampered / "assembly.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="differ from the shipped checksum"):
+        assemble(tampered, llama_folder=folder)
+    assert not (tampered / "model.safetensors").exists()
+    assemble(shipped, llama_folder=folder)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(shipped, trust_remote_code=True).eval()
+    ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:200]]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids, use_cache=False).logits, atol=2e-2)
