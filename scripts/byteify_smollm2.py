@@ -8,6 +8,7 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
     python scripts/byteify_smollm2.py teacher --minutes 60     # the frozen SmolLM2's outputs on training windows
     python scripts/byteify_smollm2.py stage1 --minutes 90      # boundary predictor, then the local stacks
     python scripts/byteify_smollm2.py eval                     # bits per byte on held-out prose, docs, code
+    python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
 
 Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
 """
@@ -15,6 +16,7 @@ Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `ev
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import subprocess
 import sys
@@ -178,9 +180,45 @@ def evaluate(args):
                       "held_out": results}))
 
 
+def speed(args):
+    """Decode bytes per second at batch 1: the byte-ified BLT (its cache) against SmolLM2 (its KV cache), greedy,
+    same prompt, interleaved rounds; the ratio is what to read on a shared machine."""
+    import json
+
+    folder, tokenizer, llama = source(args)
+    model, _ = load_trained(args, folder, tokenizer)
+    prompt = "The history of the city begins in the early years of the century, when"
+    byte_ids = torch.tensor([[1] + [b + 4 for b in prompt.encode()]])
+    token_ids = torch.tensor([[start_token_id(tokenizer)] + tokenizer(prompt)["input_ids"]])
+    rates = {"blt": [], "smollm2": []}
+    texts = {}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            begin = time.perf_counter()
+            out = model.generate(byte_ids, max_new_tokens=args.new_bytes, min_new_tokens=args.new_bytes,
+                                 do_sample=False, eos_token_id=None)
+            rates["blt"].append(args.new_bytes / (time.perf_counter() - begin))
+            texts["blt"] = bytes(int(i) - 4 for i in out[0, byte_ids.shape[1]:]).decode("utf-8", "replace")
+            begin = time.perf_counter()
+            new_tokens = max(1, round(args.new_bytes / 3.4))
+            out = llama.generate(token_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            made = tokenizer.decode(out[0, token_ids.shape[1]:])
+            rates["smollm2"].append(len(made.encode()) / (time.perf_counter() - begin))
+            texts["smollm2"] = made
+    best = {k: max(v) for k, v in rates.items()}
+    for name, text in texts.items():
+        print(f"{name}: {best[name]:.0f} bytes/s; greedy continuation: {json.dumps(text)}")
+    print(json.dumps({"benchmark": "byteify_smollm2_speed", "threads": torch.get_num_threads(),
+                      "load_average": os.getloadavg()[0], "new_bytes": args.new_bytes, "rounds": args.rounds,
+                      "bytes_per_s": {k: round(v, 1) for k, v in best.items()},
+                      "blt_over_smollm2": round(best["blt"] / best["smollm2"], 3), "continuations": texts}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher", "stage1", "eval"])
+    parser.add_argument("step", choices=["teacher", "stage1", "eval", "speed"])
+    parser.add_argument("--new-bytes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
     parser.add_argument("--stage1-steps", type=int, default=1500)
     parser.add_argument("--batch-windows", type=int, default=8)
@@ -194,7 +232,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"teacher": teacher, "stage1": stage1, "eval": evaluate}[args.step](args)
+    {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed}[args.step](args)
 
 
 if __name__ == "__main__":

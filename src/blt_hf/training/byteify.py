@@ -410,6 +410,8 @@ def train_stage(model, module, loss_fn, stream: ShardStream, folder: Path, steps
         weights = load_file(str(checkpoint / "weights.safetensors"))
         module.load_state_dict(weights, strict=False)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        for group, scale in zip(optimizer.param_groups, groups, strict=True):
+            group["scale"] = scale  # the rate factors are the run's, not the checkpoint's
     warmup = max(1, min(50, steps // 10))
 
     def rate(step):
