@@ -164,6 +164,8 @@ def evaluate(args):
     kinds["sample"] = [Path(__file__).resolve().parent.parent / "tests" / "data" / "heldout_sample.txt"]
     results = {}
     for kind, files in kinds.items():
+        if args.kinds and kind not in args.kinds:
+            continue
         windows = []
         for window in text_windows([f.read_bytes() for f in files], tokenizer, vocabulary, args.tokens_per_window):
             windows.append(window)
@@ -223,6 +225,7 @@ def main():
     parser.add_argument("--stage1-steps", type=int, default=1500)
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
+    parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
     parser.add_argument("--cache", default=str(CACHE))
     parser.add_argument("--corpus", default=str(CACHE / "corpus"))
     parser.add_argument("--work", default=str(CACHE / "byteify-smollm2"))
