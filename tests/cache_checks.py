@@ -44,7 +44,7 @@ def assert_same_cache(cache, expected, atol: float = 1e-5) -> None:
     decoder's current patch. Slot readouts are derived from the current patch (remade when absent)."""
     for name in ("seen_tokens", "continuable"):
         _assert_equal(name, getattr(expected, name), getattr(cache, name), atol)
-    for name in ("num_bytes", "byte_history"):
+    for name in ("num_bytes", "byte_history", "open_patch_begin"):
         _assert_equal(name, getattr(expected, name), getattr(cache, name), atol)
     _assert_equal("patching", vars(expected.patching), vars(cache.patching), atol)
     for name in ("patcher", "encoder", "decoder"):

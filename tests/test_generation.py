@@ -12,23 +12,39 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from blt_hf import BLTCache, BLTTokenizer
 from tests.utils import calibrate_patching, random_ids, tiny_model
 
-MODES = ["entropy", "monotonic", "combined", "static", "space", "byte"]
+MODES = ["entropy", "monotonic", "combined", "static", "space", "byte", "boundary"]
+
+
+def vocabulary_of_random_rows(seed: int) -> list[bytes]:
+    """A byte-ified model's vocabulary for random test rows: every single byte, and the 2- and 3-grams of the rows
+    `left_padded_batch` makes for this seed, so that longer tokens are found inside patches too."""
+    strings = {bytes([b]) for b in range(256)}
+    for row in range(4):
+        data = bytes(int(i) - 4 for i in random_ids(40, seed=seed * 10 + row)[0, 1:])
+        strings |= {data[i : i + n] for n in (2, 3) for i in range(len(data) - n + 1)}
+    return sorted(strings)
 
 
 def build_model(mode, seed, **extra):
-    """A tiny model with short windows (so caches trim) and thresholds away from this seed's entropies."""
+    """A tiny model with short windows (so caches trim) and thresholds away from this seed's entropies.
+    "boundary": the byte-ified setting (boundary head, source vocabulary rows of a random vocabulary)."""
+    vocabulary = vocabulary_of_random_rows(seed) if mode == "boundary" else None
     overrides = dict(
-        patching_mode="static" if mode == "static" else mode if mode in ("space", "byte") else "entropy",
+        patching_mode="static" if mode == "static" else mode if mode in ("space", "byte", "boundary") else "entropy",
         has_patcher=True,
         patch_size=2 + seed % 3,
         monotonicity=mode == "monotonic",
         max_patch_length=[None, 3, 7][seed % 3],
         encoder_config=dict(sliding_window=6, num_hidden_layers=1 + seed % 2, cross_attn_all_layers=seed % 2 == 1),
         decoder_config=dict(sliding_window=5 + seed % 4, patch_local_attention=seed % 4 == 3),
-        patcher_config=dict(sliding_window=7),
+        patcher_config=dict(sliding_window=7, boundary_head=mode == "boundary"),
     )
+    if vocabulary is not None:
+        overrides.update(vocab_embedding_rows=len(vocabulary) + 1, vocab_embedding_max_bytes=3)
     overrides.update(extra)
     model = tiny_model(seed=seed, **overrides)
+    if vocabulary is not None:
+        model.model.encoder_vocab_embedding.set_vocabulary(vocabulary + [None], len(vocabulary))
     calibrate_patching(model, mode, [random_ids(200, seed=1000 + seed)[0]], entropy_quantile=0.4, rise_quantile=0.8)
     return model
 

@@ -123,6 +123,7 @@ PATCHING_VARIANTS = {
     "space": dict(patching_mode="space"),
     "space_max3": dict(patching_mode="space", max_patch_length=3),
     "byte": dict(patching_mode="byte"),
+    "boundary": dict(patching_mode="boundary", patcher_config=dict(boundary_head=True)),
 }
 
 
@@ -131,6 +132,10 @@ def calibrate_patching(model, variant: str, rows, entropy_quantile: float = 0.5,
     (1-D id tensors): near `entropy_quantile` of the entropies, or near `rise_quantile` of the rises for the
     monotonic rule; the combined rule uses the 0.3 and 0.5 quantiles."""
     with torch.no_grad():
+        if variant == "boundary":  # the boundary head's logits take the entropies' place
+            logits = torch.cat([model.model.patcher(r[None]).boundary_logits[0, 1:] for r in rows])
+            model.config.patching_threshold = separated_threshold(logits, entropy_quantile)
+            return
         entropies = [model.model.patcher(r[None]).entropies[0, 1:] for r in rows]
     rises = torch.cat([e[1:] - e[:-1] for e in entropies])
     entropies = torch.cat(entropies)

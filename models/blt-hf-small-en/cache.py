@@ -230,7 +230,7 @@ class BLTCache:
         patcher = config.patcher_config
         self.patcher = (
             SlidingWindowCache(patcher.num_hidden_layers, patcher.sliding_window, self.fast_decoding)
-            if config.has_patcher and config.patching_mode == "entropy"
+            if config.has_patcher and config.patching_mode in ("entropy", "boundary")
             else None
         )
         self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
@@ -238,6 +238,8 @@ class BLTCache:
         self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding)
         self.patching = PatchingState.initial(batch_size, device)
         history = max(config.encoder_hash_byte_group_size) - 1
+        if config.vocab_embedding_rows:
+            history = max(history, config.vocab_embedding_max_bytes - 1)
         self.byte_history = torch.zeros(batch_size, history, dtype=torch.long, device=device)
         self.num_bytes = torch.zeros(batch_size, dtype=torch.long, device=device)  # real bytes seen per row
         self.seen_tokens = 0  # columns of input_ids consumed (padding included)
@@ -246,6 +248,7 @@ class BLTCache:
         self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
         self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
         self.continuable = True  # False once a row had padding after real bytes (right padding)
+        self.open_patch_begin = torch.zeros(batch_size, dtype=torch.long, device=device)  # position it began at
         self.record_past = False  # `activate_past_recording`: calls are recorded so that `crop` can undo them
         self._records: list[dict] = []
 
@@ -274,7 +277,7 @@ class BLTCache:
 
     # ---------------------------------------------------------------- rollback (speculative decoding)
     _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
-              "current_patch_kv", "current_patch_readouts", "continuable")
+              "current_patch_kv", "current_patch_readouts", "continuable", "open_patch_begin")
 
     def _windows(self) -> dict[str, SlidingWindowCache]:
         caches = {"encoder": self.encoder, "decoder": self.decoder}
@@ -359,16 +362,21 @@ class BLTCache:
         patch_kv = record["patch_kv"]
         if keep == 1 or prefix.num_new == 0:  # what a one-byte call, or a call closing no patch, would carry
             patch_kv = select_patch(patch_kv, prefix.new_patches)
+        begins = record["patch_begins"]
         self.advance(ids, self.num_bytes + valid.sum(1), prefix, [s[:, :keep] for s in record["cross_states"]],
-                     patch_kv)
+                     patch_kv, patch_begins=None if begins is None else begins[:, :keep])
 
-    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None) -> None:
+    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None,
+                patch_begins=None) -> None:
         """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
         its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
-        row in a one-byte step) and the slot readouts made of that patch, if any."""
+        row in a one-byte step), the slot readouts made of that patch, if any, and where each byte's patch began
+        (`patching.patch_begins`, when the model tracks it)."""
         if self.record_past and self._records and "columns" not in self._records[-1]:
             self._records[-1].update(columns=ids.shape[1], ids=ids, patches=patches, cross_states=cross_states,
-                                     patch_kv=patch_kv)
+                                     patch_kv=patch_kv, patch_begins=patch_begins)
+        if patch_begins is not None:
+            self.open_patch_begin = patch_begins[:, -1]
         valid = patches.valid
         if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             self.continuable = False  # right padding: a row's next bytes would not follow its last real one
@@ -416,6 +424,7 @@ class BLTCache:
         self.patching = self.patching.select_rows(beam_idx)
         self.byte_history = self.byte_history.index_select(0, beam_idx)
         self.num_bytes = self.num_bytes.index_select(0, beam_idx)
+        self.open_patch_begin = self.open_patch_begin.index_select(0, beam_idx)
         if self.open_patch_states is not None:
             self.open_patch_states = [s.index_select(0, beam_idx) for s in self.open_patch_states]
             self.open_patch_valid = self.open_patch_valid.index_select(0, beam_idx)

@@ -20,7 +20,7 @@ from transformers import PreTrainedConfig
 BYTE_OFFSET = 4
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
 BOE_ID, BOS_ID, EOS_ID, BPE_DELIMITER_ID = 0, 1, 2, 3
-PATCHING_MODES = ("entropy", "static", "space", "byte")
+PATCHING_MODES = ("entropy", "boundary", "static", "space", "byte")
 # Primes of the released rolling polynomial hash; hash function f uses HASH_PRIMES[f].
 HASH_PRIMES = (
     1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
@@ -157,6 +157,8 @@ class BLTPatcherConfig(_StackConfigMixin, PreTrainedConfig):
         max_position_embeddings: Longest context the RoPE tables are meant for (not a hard limit).
         rope_parameters: RoPE settings; the released entropy model uses `rope_theta=10000`.
         initializer_range: Unused by BLT's init (std = fan_in^-0.5), kept for transformers utilities.
+        boundary_head: Add a head that predicts, after each byte, whether the next byte starts a patch (a logit):
+            the boundary predictor of `patching_mode="boundary"` (e.g. trained on a source tokenizer's tokens).
     """
 
     model_type = "blt_hf_patcher"
@@ -174,6 +176,7 @@ class BLTPatcherConfig(_StackConfigMixin, PreTrainedConfig):
     rope_parameters: dict | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
+    boundary_head: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -302,7 +305,9 @@ class BLTConfig(PreTrainedConfig):
         patching_mode: How patch boundaries are chosen when `patch_lengths` is not given:
             "entropy" (the entropy model; global threshold, approximate monotonicity, or both),
             "static" (fixed `patch_size` bytes: the Block Transformer / MEGABYTE setting),
-            "space" (the official space-like byte rule), "byte" (one byte per patch).
+            "space" (the official space-like byte rule), "byte" (one byte per patch),
+            "boundary" (the patcher's boundary head: byte j >= 2 starts a patch when its logit after byte j-1
+            exceeds `patching_threshold`; see `blt-hf byteify`).
             In every mode byte 0 (BOS) is a patch of its own and byte 1 starts the next patch.
         patching_threshold: Entropy threshold θ in nats (released: 1.335442066192627). Byte j >= 2 starts a patch
             when H(j-1) > θ. With `monotonicity` it is the threshold on the rise H(j-1) - H(j-2).
@@ -316,7 +321,10 @@ class BLTConfig(PreTrainedConfig):
         encoder_hash_byte_group_vocab: Rows per hash table (released: 500002).
         encoder_hash_byte_group_nb_functions: Hash functions per n-gram size (released: 1; at most 11).
         max_position_embeddings: Longest input in bytes; longer inputs raise `ValueError`.
-        has_patcher: Build the entropy model. None: only for "entropy" mode.
+        has_patcher: Build the entropy model. None: only for "entropy" and "boundary" modes.
+        vocab_embedding_rows: Rows of the source-vocabulary embedding (`BLTVocabEmbedding`, 0: none): each closed
+            patch adds to its global input the row of the longest source token ending at its last byte inside it.
+        vocab_embedding_max_bytes: Longest source token (in bytes) the vocabulary embedding looks up.
         patcher_config / encoder_config / global_config / decoder_config: the four stacks (dict, config or None).
         vocab_size: 260 ids: 4 special ids (0 BOE/pad, 1 BOS, 2 EOS, 3 BPE delimiter) and byte b as b + 4.
         num_hidden_layers: The global transformer's layer count (derived; transformers utilities read it).
@@ -352,6 +360,8 @@ class BLTConfig(PreTrainedConfig):
     encoder_hash_byte_group_nb_functions: int = 1
     max_position_embeddings: int = 24576
     has_patcher: bool | None = None
+    vocab_embedding_rows: int = 0
+    vocab_embedding_max_bytes: int = 16
     patcher_config: dict | PreTrainedConfig | None = None
     encoder_config: dict | PreTrainedConfig | None = None
     global_config: dict | PreTrainedConfig | None = None
@@ -371,7 +381,7 @@ class BLTConfig(PreTrainedConfig):
         if self.encoder_hash_byte_group_size is None:
             self.encoder_hash_byte_group_size = [3, 4, 5, 6, 7, 8]
         if self.has_patcher is None:
-            self.has_patcher = self.patching_mode == "entropy"
+            self.has_patcher = self.patching_mode in ("entropy", "boundary")
         if self.num_hidden_layers is None:
             self.num_hidden_layers = self.global_config.num_hidden_layers
         self._check()
@@ -388,6 +398,13 @@ class BLTConfig(PreTrainedConfig):
             raise err("patching_mode", f"unknown mode {self.patching_mode!r}; choose one of {PATCHING_MODES}")
         if self.patching_mode == "entropy" and not self.has_patcher:
             raise err("has_patcher", "entropy patching needs the entropy model (has_patcher=True)")
+        if self.patching_mode == "boundary" and not (self.has_patcher and self.patcher_config.boundary_head):
+            raise err("patching_mode", "boundary patching needs a patcher with a boundary head "
+                      "(has_patcher=True, patcher_config.boundary_head=True)")
+        if self.vocab_embedding_rows < 0:
+            raise err("vocab_embedding_rows", f"must be >= 0, got {self.vocab_embedding_rows}")
+        if self.vocab_embedding_max_bytes < 1:
+            raise err("vocab_embedding_max_bytes", f"must be >= 1, got {self.vocab_embedding_max_bytes}")
         if self.patch_size < 1:
             raise err("patch_size", f"must be >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:

@@ -29,7 +29,7 @@ from .cache import BLTCache, select_patch
 from .configuration_blt_hf import BOE_ID, BLTConfig
 from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
-from .hashing import BLTHashNgramEmbedding
+from .hashing import BLTHashNgramEmbedding, BLTVocabEmbedding
 from .local_decoder import BLTLocalDecoder
 from .local_encoder import BLTLocalEncoder
 from .masks import LocalAttentionPlan, PatchAttentionPlan
@@ -40,6 +40,7 @@ from .patching import (
     PatchingState,
     compute_patch_starts,
     documents_from_positions,
+    patch_begins,
     patch_lengths_from_starts,
     row_positions,
     row_start_flags,
@@ -88,6 +89,11 @@ class BLTModel(BLTPreTrainedModel):
             config.encoder_hash_byte_group_vocab,
             config.encoder_config.hidden_size,
         )
+        self.encoder_vocab_embedding = None  # a byte-ified model's source vocabulary rows (`blt-hf byteify`)
+        if config.vocab_embedding_rows:
+            self.encoder_vocab_embedding = BLTVocabEmbedding(
+                config.vocab_embedding_rows, config.global_config.hidden_size, config.vocab_embedding_max_bytes
+            )
         self.patcher = None
         if config.has_patcher:
             self.patcher = BLTPatcher(config.patcher_config)
@@ -157,6 +163,7 @@ class BLTModel(BLTPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_patch_lengths: bool = False,
         inputs_embeds: torch.Tensor | None = None,
+        patch_states: torch.Tensor | None = None,
         **kwargs,
     ) -> BLTModelOutput:
         r"""
@@ -168,6 +175,8 @@ class BLTModel(BLTPreTrainedModel):
             document's BOS). Documents then never see each other: not in the entropy model, the hash n-grams, the
             local attention or the global transformer, and no patch spans two of them. Not with a cache.
         past_key_values: a `BLTCache` to continue; returned updated when `use_cache`.
+        patch_states [B, >= P, d_global]: the global transformer's outputs for the patches, given instead of running
+            it (stage-1 byte-ification with a frozen global transformer, `training.byteify`). Without a cache.
         """
         if inputs_embeds is not None:
             raise ValueError("BLT needs input_ids: its hash n-gram embeddings and patching read the byte ids")
@@ -175,6 +184,8 @@ class BLTModel(BLTPreTrainedModel):
         config = self.config
         batch, length = input_ids.shape
         device = input_ids.device
+        if patch_states is not None and use_cache is None:
+            use_cache = False  # given patch states describe a whole sequence: nothing to continue
         cache, use_cache = self._cache_to_continue(past_key_values, use_cache, position_ids, batch, device)
         if cache is not None and cache.record_past:
             cache.open_record()
@@ -202,7 +213,16 @@ class BLTModel(BLTPreTrainedModel):
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
-        embeddings = self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(ids, history, documents)
+        hash_reach = max(config.encoder_hash_byte_group_size) - 1
+        hash_history = None if history is None else history[:, history.shape[1] - hash_reach :]
+        embeddings = self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(
+            ids, hash_history, documents
+        )
+        vocab_rows = begins = None
+        if self.encoder_vocab_embedding is not None:
+            begun = cache.open_patch_begin if cache is not None else torch.zeros_like(num_bytes)
+            begins = patch_begins(patches.starts, positions, begun)
+            vocab_rows = self.encoder_vocab_embedding.lookup(ids, history, positions - begins + 1)
         encoder_plan = LocalAttentionPlan(
             config.encoder_config.sliding_window, valid, documents, cache.encoder if cache is not None else None
         )
@@ -212,7 +232,15 @@ class BLTModel(BLTPreTrainedModel):
 
         # 3. patches closed in this chunk -> global transformer
         global_hidden, new_patch_kv = None, None
-        if patches.num_new > 0:
+        if patch_states is not None:
+            if cache is not None or patch_states.shape[:1] != (batch,) or patch_states.shape[1] < patches.num_new:
+                raise ValueError(
+                    f"patch_states must be [batch, >= {patches.num_new} patches, d_global] for a forward without "
+                    f"a cache, got {tuple(patch_states.shape)}"
+                )
+            if patches.num_new > 0:
+                new_patch_kv = self.local_decoder.patch_keys_values(patch_states[:, : patches.num_new])
+        elif patches.num_new > 0:
             states, open_valid = cross_states, None
             if cache is not None:
                 states, open_valid = cache.with_open_patch(cross_states), cache.open_patch_valid
@@ -223,7 +251,12 @@ class BLTModel(BLTPreTrainedModel):
                 patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
                 None if documents is None else patches.at_closed_patches(documents),
             )
-            patch_states, global_hidden = self.global_transformer(patch_vectors, global_plan, output_hidden_states)
+            vocab_vectors = None
+            if vocab_rows is not None:
+                vocab_vectors = self.encoder_vocab_embedding.embed(patches.at_closed_patches(vocab_rows))
+            patch_states, global_hidden = self.global_transformer(
+                patch_vectors, global_plan, output_hidden_states, vocab_vectors
+            )
             new_patch_kv = self.local_decoder.patch_keys_values(patch_states)
 
         # 4. bytes read patch states and predict the next byte
@@ -237,7 +270,7 @@ class BLTModel(BLTPreTrainedModel):
         )
 
         if cache is not None:
-            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts)
+            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts, begins)
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
             flags = row_start_flags(patches.starts, patches.next_starts, positions, valid)
@@ -261,8 +294,9 @@ class BLTModel(BLTPreTrainedModel):
         batch, device = input_ids.shape[0], input_ids.device
         valid = torch.ones(batch, 1, dtype=torch.bool, device=device)
         positions = cache.num_bytes[:, None]
+        hash_reach = max(self.config.encoder_hash_byte_group_size) - 1
         embeddings = self.local_encoder.embed_tokens(input_ids) + self.encoder_hash_tok_embedding(
-            input_ids, cache.byte_history
+            input_ids, cache.byte_history[:, cache.byte_history.shape[1] - hash_reach :]
         )
         encoder_plan = LocalAttentionPlan(self.config.encoder_config.sliding_window, valid, None, cache.encoder)
         byte_states, _, _ = self.local_encoder.encode_bytes(embeddings, positions, encoder_plan)
@@ -401,6 +435,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_patch_lengths: bool = False,
         inputs_embeds: torch.Tensor | None = None,
+        patch_states: torch.Tensor | None = None,
         **kwargs,
     ) -> BLTCausalLMOutput:
         r"""Next-byte logits [B, n, vocab] (fp32); with `labels`, the causal-LM loss (labels shifted inside,
@@ -415,6 +450,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_patch_lengths=output_patch_lengths,
             inputs_embeds=inputs_embeds,
+            patch_states=patch_states,
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):

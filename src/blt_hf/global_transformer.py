@@ -1,6 +1,7 @@
 """Global latent transformer: a Llama-style causal transformer that runs once per patch.
 
-Input: patch vectors [B, P, k * d_enc] (projected to the global width when the sizes differ). Positions are patch
+Input: patch vectors [B, P, k * d_enc] (projected to the global width when the sizes differ), plus the source
+vocabulary rows of a byte-ified model. Positions are patch
 indices. No token embedding, no final norm, no head: its outputs feed the local decoder's cross-attention.
 """
 
@@ -25,9 +26,14 @@ class BLTGlobalTransformer(nn.Module):
             nn.Linear(input_size, config.hidden_size, bias=False) if use_input_projection else nn.Identity()
         )
 
-    def forward(self, patch_vectors: torch.Tensor, attention_plan: PatchAttentionPlan, output_hidden_states=False):
-        """patch_vectors [B, m, k * d_enc] -> patch states [B, m, d_global] (and every layer's output if asked)."""
+    def forward(self, patch_vectors: torch.Tensor, attention_plan: PatchAttentionPlan, output_hidden_states=False,
+                input_embeddings: torch.Tensor | None = None):
+        """patch_vectors [B, m, k * d_enc] -> patch states [B, m, d_global] (and every layer's output if asked).
+        input_embeddings [B, m, d_global]: added to the projected patch vectors (a byte-ified model's source
+        vocabulary rows, `BLTVocabEmbedding`)."""
         hidden = self.token_embedding_projection(patch_vectors)
+        if input_embeddings is not None:
+            hidden = hidden + input_embeddings
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None

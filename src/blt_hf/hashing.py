@@ -92,3 +92,90 @@ class BLTHashNgramEmbedding(nn.Embedding):
             table_offsets,
         )
         return F.embedding_bag(rows.reshape(batch * length, -1), self.weight, mode="sum").view(batch, length, -1)
+
+
+# ---------------------------------------------------------------- n-grams keyed by a source vocabulary
+_KEY_MODULI, _KEY_BASES, _KEY_LENGTH_SALT = (2147483647, 2147483629), (257, 263), 1000003
+
+
+def _key_powers(max_bytes: int) -> list[tuple[int, int]]:
+    return [tuple(pow(base, i, modulus) for base, modulus in zip(_KEY_BASES, _KEY_MODULI, strict=True))
+            for i in range(max_bytes)]
+
+
+def vocabulary_key(data: bytes) -> int:
+    """The 62-bit key of a byte string that `BLTVocabEmbedding.lookup` computes for the same bytes."""
+    parts = []
+    for base, modulus in zip(_KEY_BASES, _KEY_MODULI, strict=True):
+        h = sum((b + 1) * pow(base, i, modulus) for i, b in enumerate(reversed(data))) % modulus
+        parts.append((h + len(data) * _KEY_LENGTH_SALT) % modulus)
+    return parts[0] * (1 << 31) + parts[1]
+
+
+class BLTVocabEmbedding(nn.Embedding):
+    """N-gram embeddings keyed by a source tokenizer's vocabulary instead of a hash (for byte-ified models).
+
+    Row r is the source model's embedding of token r. `lookup` finds, at each byte, the longest vocabulary token
+    that ends there (at most `max_bytes` long, and no longer than the byte's place in its patch allows); BOS maps
+    to `bos_row`, the source token it stands for. The table is buffers: `sorted_keys` (`vocabulary_key` of each
+    row's bytes, sorted; rows without bytes hold unmatched negative keys) and `sorted_rows`.
+    """
+
+    def __init__(self, num_rows: int, embedding_dim: int, max_bytes: int):
+        super().__init__(num_rows, embedding_dim)
+        self.max_bytes = max_bytes
+        self.register_buffer("sorted_keys", -1 - torch.arange(num_rows, dtype=torch.long).flip(0))
+        self.register_buffer("sorted_rows", torch.arange(num_rows, dtype=torch.long).flip(0))
+        self.register_buffer("bos_row", torch.tensor(-1, dtype=torch.long))
+        self._powers = _key_powers(max_bytes)
+
+    @torch.no_grad()
+    def set_vocabulary(self, token_bytes: list[bytes | None], bos_row: int) -> None:
+        """Key the rows by their tokens' bytes (None: never looked up). Raises on two tokens with one key."""
+        if len(token_bytes) != self.num_embeddings:
+            raise ValueError(f"{len(token_bytes)} tokens for {self.num_embeddings} vocabulary embedding rows")
+        keys = []
+        for row, data in enumerate(token_bytes):
+            usable = data is not None and 0 < len(data) <= self.max_bytes
+            keys.append(vocabulary_key(data) if usable else -1 - row)
+        keys = torch.tensor(keys, dtype=torch.long)
+        order = keys.argsort()
+        sorted_keys = keys[order]
+        clash = (sorted_keys[1:] == sorted_keys[:-1]) & (sorted_keys[1:] >= 0)
+        if clash.any():
+            raise ValueError("two vocabulary tokens share a key (duplicate byte strings in the vocabulary?)")
+        self.sorted_keys.copy_(sorted_keys)
+        self.sorted_rows.copy_(order)
+        self.bos_row.fill_(bos_row)
+
+    def lookup(self, ids: torch.Tensor, history: torch.Tensor | None, longest: torch.Tensor) -> torch.Tensor:
+        """Row [B, n] of the longest vocabulary token ending at each byte and at most `longest` [B, n] bytes long
+        (-1: none). ids [B, n] (byte + 4); history [B, >= max_bytes - 1]: the ids before them (0 = none)."""
+        from .configuration_blt_hf import BOS_ID, BYTE_OFFSET
+
+        batch, length = ids.shape
+        reach = self.max_bytes - 1
+        if history is None or history.shape[1] < reach:
+            missing = reach - (0 if history is None else history.shape[1])
+            history = torch.cat([ids.new_zeros(batch, missing)] + ([] if history is None else [history]), dim=1)
+        window = torch.cat((history[:, history.shape[1] - reach :], ids), dim=1)
+        found = torch.full_like(ids, -1)
+        real = torch.ones_like(ids, dtype=torch.bool)
+        hashes = [torch.zeros_like(ids), torch.zeros_like(ids)]
+        last = self.sorted_keys.numel() - 1
+        for size in range(1, self.max_bytes + 1):
+            column = window[:, reach - size + 1 : reach - size + 1 + length]  # the byte `size - 1` before each
+            real = real & (column >= BYTE_OFFSET)
+            key = None
+            for part, (modulus, power) in enumerate(zip(_KEY_MODULI, self._powers[size - 1], strict=True)):
+                hashes[part] = (hashes[part] + (column - BYTE_OFFSET + 1) * power) % modulus
+                salted = (hashes[part] + size * _KEY_LENGTH_SALT) % modulus
+                key = salted if key is None else key * (1 << 31) + salted
+            slot = torch.searchsorted(self.sorted_keys, key).clamp(max=last)
+            hit = (self.sorted_keys[slot] == key) & real & (size <= longest)
+            found = torch.where(hit, self.sorted_rows[slot], found)
+        return torch.where(ids == BOS_ID, self.bos_row, found)
+
+    def embed(self, rows: torch.Tensor) -> torch.Tensor:
+        """Embedding rows [..., d] of `lookup` results (zeros for -1)."""
+        return super().forward(rows.clamp(min=0)) * (rows >= 0).unsqueeze(-1).to(self.weight.dtype)

@@ -25,12 +25,16 @@ from .pretrained import BLTPreTrainedModel, check_labels
 
 @dataclass
 class BLTPatcherOutput(ModelOutput):
-    """loss: mean next-byte cross-entropy (nats); logits [B, T, V] (fp32); entropies [B, T] in nats."""
+    """loss: mean next-byte cross-entropy (nats), plus the boundary loss when `boundary_labels` are given;
+    logits [B, T, V] (fp32); entropies [B, T] in nats; boundary_logits [B, T] (with a boundary head): does the
+    byte after each one start a patch; boundary_loss: their mean binary cross-entropy against `boundary_labels`."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     entropies: torch.Tensor | None = None
     past_key_values: BLTPatcherCache | None = None
+    boundary_logits: torch.Tensor | None = None
+    boundary_loss: torch.Tensor | None = None
 
 
 class BLTPatcherCache(SlidingWindowCache):
@@ -59,6 +63,7 @@ class BLTPatcher(BLTPreTrainedModel):
         )
         self.norm = BLTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.boundary_head = nn.Linear(config.hidden_size, 1) if config.boundary_head else None
         self.rotary_emb = BLTRotaryEmbedding(config)
         self.loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts num_items_in_batch accordingly
         self.post_init()
@@ -70,8 +75,8 @@ class BLTPatcher(BLTPreTrainedModel):
         """An empty sliding-window cache for `forward`/`next_byte_logits` to continue."""
         return BLTPatcherCache(self.config.num_hidden_layers, self.config.sliding_window, fast_decoding)
 
-    def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
-        """ids/positions/valid [B, n] (positions row-local) -> fp32 logits [B, n, V]; `segments` [B, n] keeps
+    def byte_states(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
+        """ids/positions/valid [B, n] (positions row-local) -> normed states [B, n, d]; `segments` [B, n] keeps
         packed documents apart."""
         plan = LocalAttentionPlan(self.config.sliding_window, valid, segments, cache=cache)
         hidden = self.embed_tokens(ids)
@@ -79,7 +84,18 @@ class BLTPatcher(BLTPreTrainedModel):
         fast = fused_layers_eligible(hidden, cache)
         for layer in self.layers:
             hidden = fast_layer_step(layer, hidden, rotations, plan) if fast else layer(hidden, rotations, plan)
-        return self.lm_head(self.norm(hidden)).float()
+        return self.norm(hidden)
+
+    def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
+        """Next-byte logits [B, n, V] (fp32) of `byte_states`."""
+        return self.lm_head(self.byte_states(ids, positions, valid, cache, segments)).float()
+
+    def boundary_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
+        """Logits [B, n] (fp32) that the byte after each one starts a patch (needs `boundary_head`)."""
+        if self.boundary_head is None:
+            raise ValueError("this patcher has no boundary head (patcher_config.boundary_head=False)")
+        states = self.byte_states(ids, positions, valid, cache, segments)
+        return self.boundary_head(states).squeeze(-1).float()
 
     def forward(
         self,
@@ -90,6 +106,7 @@ class BLTPatcher(BLTPreTrainedModel):
         past_key_values: BLTPatcherCache | None = None,
         use_cache: bool | None = None,
         chunk_size: int | None = None,
+        boundary_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> BLTPatcherOutput:
         """Next-byte logits and entropies; with `labels`, the causal-LM loss (shifted inside, -100 ignored,
@@ -98,6 +115,8 @@ class BLTPatcher(BLTPreTrainedModel):
         Left or right padding via `attention_mask`; positions restart at each row's first real byte. Rows packing
         several documents pass `position_ids` (0 at each document's BOS): documents never attend to each other.
         `chunk_size` runs long inputs in chunks through a cache (same result, bounded memory).
+        boundary_labels [B, T] (with a boundary head): 1 where the byte after this one starts a patch, 0 where it
+        does not, -100 to ignore; their binary cross-entropy is added to the loss.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
@@ -123,22 +142,37 @@ class BLTPatcher(BLTPreTrainedModel):
             cache = self.new_cache()
         seen = cache.num_bytes if cache is not None and cache.num_bytes is not None else input_ids.new_zeros(batch)
         ids = torch.where(valid, input_ids, 0)
-        logits = [
-            self.next_byte_logits(ids[:, columns], positions, valid[:, columns], cache, documents)
+        states = [
+            self.byte_states(ids[:, columns], positions, valid[:, columns], cache, documents)
             for columns, positions in chunks(valid, chunk_size, seen)
         ]
         if cache is not None and length:
             cache.count_bytes(valid)
-        logits = torch.cat(logits, dim=1) if logits else input_ids.new_zeros(batch, 0, self.config.vocab_size).float()
-        loss = None
+        width = self.config.hidden_size
+        states = torch.cat(states, dim=1) if states else self.embed_tokens.weight.new_zeros(batch, 0, width)
+        logits = self.lm_head(states).float()
+        boundary_logits = self.boundary_head(states).squeeze(-1).float() if self.boundary_head is not None else None
+        loss = boundary_loss = None
         if labels is not None:
             check_labels(labels, input_ids, self.config.vocab_size)
             loss = self.loss_function(logits, labels.to(logits.device), self.config.vocab_size, **kwargs)
+        if boundary_labels is not None:
+            if boundary_logits is None:
+                raise ValueError("boundary_labels need a boundary head (patcher_config.boundary_head=True)")
+            if boundary_labels.shape != input_ids.shape:
+                raise ValueError(f"boundary_labels must have the shape of input_ids {tuple(input_ids.shape)}")
+            counted = boundary_labels != -100
+            boundary_loss = nn.functional.binary_cross_entropy_with_logits(
+                boundary_logits[counted], boundary_labels[counted].float()
+            )
+            loss = boundary_loss if loss is None else loss + boundary_loss
         return BLTPatcherOutput(
             loss=loss,
             logits=logits,
             entropies=entropy_from_logits(logits),
             past_key_values=past_key_values,
+            boundary_logits=boundary_logits,
+            boundary_loss=boundary_loss,
         )
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ The rule for byte j >= 2 (positions row-local):
 * entropy:       H(j-1) > θ
 * monotonicity:  H(j-1) - H(j-2) > θ, and byte 2 always starts a patch (official code)
 * θ + θ_add:     H(j-1) - H(j-2) > θ_add and H(j-1) > θ, byte 2 starts and byte 3 never does (official code)
+* boundary:      B(j-1) > θ, B the patcher's boundary logit (does the next byte start a patch)
 * static:        (j - 1) % patch_size == 0: BOS alone, then blocks of patch_size bytes
 * space:         byte j-1 is the first of a run of space-like bytes, or a special id (official rule)
 * byte:          always
@@ -72,6 +73,12 @@ def chunks(
         columns = slice(begin, begin + step)
         yield columns, row_positions(valid[:, columns], bytes_before)
         bytes_before = bytes_before + valid[:, columns].sum(1)
+
+
+def patch_begins(starts: torch.Tensor, positions: torch.Tensor, begun: torch.Tensor) -> torch.Tensor:
+    """Position [B, n] where each byte's patch began, from start flags [B, n] (False on padding) and row-local
+    positions, continuing the open patch that began at `begun` [B]."""
+    return torch.maximum(torch.where(starts, positions, -1).cummax(1).values, begun[:, None])
 
 
 def move_kept_to_front(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +154,8 @@ class PatchingRule:
 
     @property
     def needs_entropies(self) -> bool:
-        return self.mode == "entropy"
+        """Whether the rule reads a score per byte from the patcher: next-byte entropy, or the boundary logit."""
+        return self.mode in ("entropy", "boundary")
 
     def rule_starts_next(self, positions, ids, prev_ids, entropies, prev_entropies) -> torch.Tensor:
         """Does the rule start a patch at position p + 1, for each byte at position p. All [B, n]."""
@@ -158,6 +166,8 @@ class PatchingRule:
             return p % self.patch_size == 0
         if self.mode == "space":
             return (p == 0) | (is_space_like(ids) & ~is_space_like(prev_ids)) | (ids < BYTE_OFFSET)
+        if self.mode == "boundary":
+            return (p == 0) | (entropies > self.threshold)
         rise = entropies - prev_entropies
         if self.monotonicity:
             return (p <= 1) | (rise > self.threshold)
@@ -293,10 +303,13 @@ def compute_patch_starts(rule, ids, positions, valid, state, *, patcher=None, pa
     entropies = None
     if rule.needs_entropies:
         if patcher is None:
-            raise ValueError("entropy patching needs the entropy model, but no patcher is available")
+            raise ValueError(f"{rule.mode} patching needs the patcher model, but no patcher is available")
         with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
-            logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
-            entropies = entropy_from_logits(logits)
+            if rule.mode == "boundary":  # the boundary logit takes the entropy's place in the rule
+                entropies = patcher.boundary_logits(ids, positions, valid, patcher_cache, segments=documents)
+            else:
+                logits = patcher.next_byte_logits(ids, positions, valid, patcher_cache, segments=documents)
+                entropies = entropy_from_logits(logits)
     starts, next_starts, state = rule(positions, valid, ids, entropies, state, document_positions, one_byte_step)
     return starts, next_starts, state, entropies
 

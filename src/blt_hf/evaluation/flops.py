@@ -140,7 +140,7 @@ def flops_for_sequence(config, num_bytes: int, patch_lengths) -> FlopsBreakdown:
         context = _contexts(count, window)
         return cfg.num_hidden_layers * (per_token * count + attention_unit * context)
 
-    if config.has_patcher and config.patching_mode == "entropy":
+    if config.has_patcher and config.patching_mode in ("entropy", "boundary"):
         out.entropy_model = stack(pat, num_bytes, pat.sliding_window) + 2 * pat.hidden_size * pat.vocab_size * num_bytes
     out.local_encoder = stack(enc, num_bytes, enc.sliding_window)
     out.local_decoder = stack(dec, num_bytes, dec.sliding_window)

@@ -193,8 +193,25 @@ def run(argv: list[str]) -> int:
     convert.add_argument("--decoder-layers", type=positive_int, default=4)
     convert.add_argument("--window", type=positive_int, default=512, help="local attention window in bytes")
     convert.add_argument("--hash-vocab", type=positive_int, default=50002, help="rows per hash n-gram table")
-    convert.add_argument("--patching-mode", choices=["entropy", "static", "space", "byte"])
+    convert.add_argument("--patching-mode", choices=["entropy", "boundary", "static", "space", "byte"])
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+    byteify = commands.add_parser("byteify", help="turn a Llama + its tokenizer into a BLT that keeps its knowledge")
+    byteify.add_argument("source", help="Llama checkpoint folder with its tokenizer.json")
+    byteify.add_argument("destination", help="new BLT folder (must not exist or be empty)")
+    byteify.add_argument("--train", nargs="+", required=True, help="training text files")
+    byteify.add_argument("--eval", nargs="+", required=True, help="held-out text files")
+    byteify.add_argument("--work", help="checkpoints and teacher outputs (default: DESTINATION.work); rerun to resume")
+    byteify.add_argument("--teacher-windows", type=positive_int, default=256, help="training windows to distil")
+    byteify.add_argument("--tokens-per-window", type=_at_least(8), default=256)
+    byteify.add_argument("--batch-windows", type=positive_int, default=8)
+    byteify.add_argument("--boundary-steps", type=positive_int, default=400)
+    byteify.add_argument("--stage1-steps", type=positive_int, default=1000)
+    byteify.add_argument("--stage2-steps", type=_at_least(0), default=0)
+    byteify.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    byteify.add_argument("--eval-windows", type=positive_int, default=32)
+    byteify.add_argument("--local-hidden-size", type=positive_int, default=256)
+    byteify.add_argument("--decoder-layers", type=positive_int, default=4)
 
     meta = commands.add_parser("convert-meta", help="convert Meta's released BLT / entropy-model checkpoints")
     meta.add_argument("source", help="official BLT folder (consolidated or Hub layout), or an entropy-model folder")
@@ -250,6 +267,18 @@ def run(argv: list[str]) -> int:
     if args.command == "eval-bpb":
         print(json.dumps(evaluate_bits_per_byte(args.model, args.files, args.row_length, args.batch_size,
                                                 args.split_paragraphs)))
+        return 0
+    if args.command == "byteify":
+        from ..training.byteify import ByteifyOptions, byteify
+
+        options = ByteifyOptions(
+            args.source, args.destination, args.train, args.eval, work=args.work,
+            teacher_windows=args.teacher_windows, tokens_per_window=args.tokens_per_window,
+            batch_windows=args.batch_windows, boundary_steps=args.boundary_steps, stage1_steps=args.stage1_steps,
+            stage2_steps=args.stage2_steps, learning_rate=args.learning_rate, eval_windows=args.eval_windows,
+            model_options=dict(local_hidden_size=args.local_hidden_size, decoder_layers=args.decoder_layers),
+        )
+        print(json.dumps(byteify(options, log=lambda m: print(m, file=sys.stderr))))
         return 0
     if args.command == "convert-meta":
         from ..convert.meta import convert_meta, convert_meta_entropy_model

@@ -1,0 +1,242 @@
+"""Byte-ify SmolLM2-135M-Instruct on this machine's CPU: the real run behind the default model (issue 20).
+
+Data (all from package registries): prose = scripts/prepare_corpus.py's corpus (Shakespeare, Brown, SOTU, Moby
+Dick; its held-out split: Hamlet, The Tempest, Brown genre K, SOTU from 2001); technical prose = the CPython 3.11
+documentation sources (Debian `python3.11-doc`); code = the Python 3.11 standard library (tests excluded). Technical
+prose and code hold out one file in ten (`byteify.held_out`). The steps, each resumable:
+
+    python scripts/byteify_smollm2.py teacher --minutes 60     # the frozen SmolLM2's outputs on training windows
+    python scripts/byteify_smollm2.py stage1 --minutes 90      # boundary predictor, then the local stacks
+    python scripts/byteify_smollm2.py eval                     # bits per byte on held-out prose, docs, code
+    python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
+
+Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import torch  # noqa: E402
+
+from blt_hf.training.byteify import (  # noqa: E402
+    STAGE1_TRAINABLE,
+    ShardStream,
+    SourceVocabulary,
+    TeacherShards,
+    boundary_loss,
+    byteify_model,
+    evaluate_windows,
+    held_out,
+    stage1_loss,
+    start_token_id,
+    text_windows,
+    train_stage,
+)
+
+MODEL_OPTIONS = dict(local_hidden_size=256, local_heads=4, encoder_layers=1, decoder_layers=4, window=128,
+                     hash_sizes=(3, 4, 5, 6), hash_vocab=8192)
+
+CACHE = Path.home() / ".cache" / "blt_hf"
+
+
+def pydoc_folder(cache: Path) -> Path:
+    folder = cache / "python3.11-doc"
+    sources = folder / "usr/share/doc/python3.11/html/_sources"
+    if not sources.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "python3.11-doc"], cwd=folder, check=True, capture_output=True)
+        deb = next(folder.glob("python3.11-doc_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+    return sources
+
+
+def documents(args, split: str) -> dict[str, list[Path]]:
+    """{kind: files} of the split ('train' or 'heldout')."""
+    corpus = Path(args.corpus)
+    if not (corpus / "manifest.json").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).parent / "prepare_corpus.py"), "--out", str(corpus)],
+                       check=True)
+    prose = sorted((corpus / split).glob("*.txt"))
+    technical = sorted(pydoc_folder(Path(args.cache)).rglob("*.rst.txt"))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = sorted(p for p in stdlib.rglob("*.py") if "test" not in p.parts and "site-packages" not in p.parts
+                  and "idlelib" not in p.parts)
+    keep = (lambda p: held_out(p)) if split == "heldout" else (lambda p: not held_out(p))
+    return {"prose": prose, "technical": [p for p in technical if keep(p)], "code": [p for p in code if keep(p)]}
+
+
+def training_texts(args) -> list[bytes]:
+    """Training documents of the three kinds, interleaved in a fixed shuffled order (about half prose)."""
+    rng = random.Random(0)
+    kinds = documents(args, "train")
+    texts = {}
+    for kind, files in kinds.items():
+        files = files[:]
+        rng.shuffle(files)
+        texts[kind] = [f.read_bytes() for f in files]
+    order = []
+    for i in range(max(len(v) for v in texts.values())):
+        for kind, weight in (("prose", 2), ("technical", 1), ("code", 1)):
+            for j in range(weight):
+                k = i * weight + j
+                if k < len(texts[kind]):
+                    order.append(texts[kind][k])
+    return order
+
+
+def source(args):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from blt_hf.convert.byteified import smollm2_folder
+
+    folder = smollm2_folder(Path(args.cache) / "smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return folder, tokenizer, LlamaForCausalLM.from_pretrained(folder).eval()
+
+
+def teacher(args):
+    folder, tokenizer, llama = source(args)
+    vocabulary = SourceVocabulary.from_tokenizer(tokenizer)
+    shards = TeacherShards(Path(args.work) / "teacher")
+    deadline = time.time() + 60 * args.minutes
+    windows = text_windows(training_texts(args), tokenizer, vocabulary, args.tokens_per_window)
+
+    def until_deadline():
+        for window in windows:
+            if time.time() > deadline:
+                return
+            yield window
+
+    done = shards.compute(llama, tokenizer, until_deadline(), start_token_id(tokenizer),
+                          windows_per_shard=args.windows_per_shard, log=lambda m: print(m, flush=True))
+    print(f"teacher: {done} windows in {shards.folder}")
+
+
+def byteified(args, folder, tokenizer):
+    model, vocabulary = byteify_model(folder, tokenizer, **MODEL_OPTIONS)
+    return model, vocabulary
+
+
+def stage1(args):
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = byteified(args, folder, tokenizer)
+    work = Path(args.work)
+    shards = TeacherShards(work / "teacher")
+    deadline = time.time() + 60 * args.minutes
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    train_stage(model.model.patcher, model.model.patcher, boundary_loss, ShardStream(shards, vocabulary, 8), work,
+                args.boundary_steps, 2e-3, ("",), "boundary", deadline=deadline, log=log)
+    train_stage(model, model, stage1_loss, ShardStream(shards, vocabulary, args.batch_windows), work,
+                args.stage1_steps, 1e-3, STAGE1_TRAINABLE, "stage1", deadline=deadline, log=log)
+
+
+def load_trained(args, folder, tokenizer):
+    """The byte-ified model with the stage weights found under --work."""
+    from safetensors.torch import load_file
+
+    model, vocabulary = byteified(args, folder, tokenizer)
+    work = Path(args.work)
+    for stage, module in (("boundary", model.model.patcher), ("stage1", model)):
+        weights = work / stage / "weights.safetensors"
+        if weights.is_file():
+            module.load_state_dict(load_file(str(weights)), strict=False)
+    return model.eval(), vocabulary
+
+
+def evaluate(args):
+    import json
+
+    folder, tokenizer, llama = source(args)
+    model, vocabulary = load_trained(args, folder, tokenizer)
+    start = start_token_id(tokenizer)
+    kinds = documents(args, "heldout")
+    kinds["sample"] = [Path(__file__).resolve().parent.parent / "tests" / "data" / "heldout_sample.txt"]
+    results = {}
+    for kind, files in kinds.items():
+        if args.kinds and kind not in args.kinds:
+            continue
+        windows = []
+        for window in text_windows([f.read_bytes() for f in files], tokenizer, vocabulary, args.tokens_per_window):
+            windows.append(window)
+            if len(windows) >= args.eval_windows:
+                break
+        begin = time.time()
+        results[kind] = evaluate_windows(model, llama, windows, vocabulary, start)
+        print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
+    steps = {}
+    for stage in ("boundary", "stage1"):
+        state = Path(args.work) / stage / "state.json"
+        steps[stage] = json.loads(state.read_text()) if state.is_file() else None
+    print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "stages": steps,
+                      "held_out": results}))
+
+
+def speed(args):
+    """Decode bytes per second at batch 1: the byte-ified BLT (its cache) against SmolLM2 (its KV cache), greedy,
+    same prompt, interleaved rounds; the ratio is what to read on a shared machine."""
+    import json
+
+    folder, tokenizer, llama = source(args)
+    model, _ = load_trained(args, folder, tokenizer)
+    prompt = "The history of the city begins in the early years of the century, when"
+    byte_ids = torch.tensor([[1] + [b + 4 for b in prompt.encode()]])
+    token_ids = torch.tensor([[start_token_id(tokenizer)] + tokenizer(prompt)["input_ids"]])
+    rates = {"blt": [], "smollm2": []}
+    texts = {}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            begin = time.perf_counter()
+            out = model.generate(byte_ids, max_new_tokens=args.new_bytes, min_new_tokens=args.new_bytes,
+                                 do_sample=False, eos_token_id=None)
+            rates["blt"].append(args.new_bytes / (time.perf_counter() - begin))
+            texts["blt"] = bytes(int(i) - 4 for i in out[0, byte_ids.shape[1]:]).decode("utf-8", "replace")
+            begin = time.perf_counter()
+            new_tokens = max(1, round(args.new_bytes / 3.4))
+            out = llama.generate(token_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            made = tokenizer.decode(out[0, token_ids.shape[1]:])
+            rates["smollm2"].append(len(made.encode()) / (time.perf_counter() - begin))
+            texts["smollm2"] = made
+    best = {k: max(v) for k, v in rates.items()}
+    for name, text in texts.items():
+        print(f"{name}: {best[name]:.0f} bytes/s; greedy continuation: {json.dumps(text)}")
+    print(json.dumps({"benchmark": "byteify_smollm2_speed", "threads": torch.get_num_threads(),
+                      "load_average": os.getloadavg()[0], "new_bytes": args.new_bytes, "rounds": args.rounds,
+                      "bytes_per_s": {k: round(v, 1) for k, v in best.items()},
+                      "blt_over_smollm2": round(best["blt"] / best["smollm2"], 3), "continuations": texts}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["teacher", "stage1", "eval", "speed"])
+    parser.add_argument("--new-bytes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--boundary-steps", type=int, default=400)
+    parser.add_argument("--stage1-steps", type=int, default=1500)
+    parser.add_argument("--batch-windows", type=int, default=8)
+    parser.add_argument("--eval-windows", type=int, default=24)
+    parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
+    parser.add_argument("--cache", default=str(CACHE))
+    parser.add_argument("--corpus", default=str(CACHE / "corpus"))
+    parser.add_argument("--work", default=str(CACHE / "byteify-smollm2"))
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--tokens-per-window", type=int, default=256)
+    parser.add_argument("--windows-per-shard", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()

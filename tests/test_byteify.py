@@ -1,0 +1,313 @@
+"""Byte-ification (`blt-hf byteify`): token patches, source vocabulary rows, the frozen teacher, stage-1 training.
+
+A tiny random Llama with a real byte-level BPE tokenizer (trained here with `tokenizers` on real English text)
+stands in for SmolLM2; transformers' `LlamaForCausalLM` is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from blt_hf.hashing import BLTVocabEmbedding
+from blt_hf.tools.cli import main as cli_main
+from blt_hf.training.byteify import (
+    STAGE1_TRAINABLE,
+    ByteifyOptions,
+    ShardStream,
+    SourceVocabulary,
+    TeacherShards,
+    boundary_labels,
+    boundary_loss,
+    byteify,
+    byteify_model,
+    evaluate_windows,
+    stage1_loss,
+    start_token_id,
+    teacher_states,
+    text_windows,
+    token_lengths,
+    train_stage,
+    window_bytes,
+)
+
+DATA = Path(__file__).parent / "data" / "heldout_sample.txt"
+TINY_LOCAL = dict(local_hidden_size=32, local_heads=2, decoder_layers=1, window=32, hash_vocab=64,
+                  patcher_config=dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, sliding_window=32))
+
+
+def train_tokenizer(text: str, size: int = 400) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """(folder, tokenizer, llama): a tiny random Llama saved with a real BPE tokenizer."""
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = train_tokenizer(DATA.read_text())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(config).eval()
+    llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer, llama
+
+
+@pytest.fixture(scope="module")
+def byteified(source):
+    folder, tokenizer, _ = source
+    model, vocabulary = byteify_model(folder, tokenizer, **TINY_LOCAL)
+    return model.eval(), vocabulary
+
+
+def tokens_of(tokenizer, vocabulary, text: bytes):
+    ids, lengths = token_lengths(tokenizer, vocabulary, text)
+    return ids, lengths, torch.tensor([window_bytes(ids, vocabulary)]), torch.tensor([[1] + lengths])
+
+
+def test_source_vocabulary_spells_every_text_the_tokenizer_splits(source):
+    _, tokenizer, _ = source
+    vocabulary = SourceVocabulary.from_tokenizer(tokenizer)
+    text = "Naïve café — 3.14 × π, \t tabs\nand emoji 🙂".encode()
+    ids, lengths = token_lengths(tokenizer, vocabulary, text)
+    assert b"".join(vocabulary.token_bytes[i] for i in ids) == text
+    assert sum(lengths) == len(text)
+    assert vocabulary.token_bytes[tokenizer.convert_tokens_to_ids("<|endoftext|>")] is None
+
+
+def test_global_transformer_on_token_patches_computes_the_llama_layers(source, byteified):
+    """Freshly byte-ified, with the tokenizer's patches: the global states are transformers' Llama's own last
+    hidden states before its final norm, for the same text (so the Llama's head reads them as its logits)."""
+    _, tokenizer, llama = source
+    model, vocabulary = byteified
+    ids, _, byte_ids, patch_lengths = tokens_of(tokenizer, vocabulary, DATA.read_bytes()[:400])
+    with torch.no_grad():
+        ours = model.model(byte_ids, patch_lengths=patch_lengths, output_hidden_states=True,
+                           use_cache=False).global_hidden_states[-1]
+        token_ids = torch.tensor([[start_token_id(tokenizer)] + ids])
+        reference = llama(token_ids, output_hidden_states=True)
+    assert ours.shape[1] == len(ids)  # every token patch closed except the last (its next byte is unknown)
+    logits = llama.lm_head(llama.model.norm(ours))
+    assert torch.allclose(logits, reference.logits[:, : ours.shape[1]], atol=1e-4)
+
+
+def test_vocabulary_embedding_adds_the_source_rows_of_the_longest_token_inside_the_patch(source, byteified):
+    _, tokenizer, llama = source
+    model, vocabulary = byteified
+    table = model.model.encoder_vocab_embedding
+    assert torch.equal(table.weight, llama.model.embed_tokens.weight)
+    text = DATA.read_bytes()[:300]
+    ids = torch.tensor([[1] + [b + 4 for b in text]])
+    longest = torch.randint(1, 20, ids.shape, generator=torch.Generator().manual_seed(0))
+    rows = table.lookup(ids, None, longest)
+    by_bytes = {data: row for row, data in enumerate(vocabulary.token_bytes) if data is not None}
+    for end in range(1, ids.shape[1]):  # brute force: the longest vocabulary string ending here
+        expected = -1
+        for size in range(1, min(int(longest[0, end]), table.max_bytes, end) + 1):
+            expected = by_bytes.get(text[end - size : end], expected)
+        assert int(rows[0, end]) == expected, end
+    assert int(rows[0, 0]) == start_token_id(tokenizer)  # BOS stands for the source's start token
+    assert torch.equal(table.embed(rows[:, 1:3]), llama.model.embed_tokens.weight[rows[0, 1:3]][None])
+    assert torch.equal(table.embed(torch.tensor([-1])), torch.zeros(1, 64))
+
+
+def test_vocabulary_embedding_refuses_two_tokens_with_the_same_bytes():
+    table = BLTVocabEmbedding(3, 4, 8)
+    with pytest.raises(ValueError, match="share a key"):
+        table.set_vocabulary([b"ab", b"ab", None], 2)
+
+
+def test_teacher_shards_hold_the_source_models_outputs_and_resume(tmp_path, source):
+    folder, tokenizer, llama = source
+    vocabulary = SourceVocabulary.from_tokenizer(tokenizer)
+    windows = list(text_windows([DATA.read_bytes()[:3000]], tokenizer, vocabulary, 32))
+    shards = TeacherShards(tmp_path / "teacher")
+    assert shards.compute(llama, tokenizer, windows, 0, windows_per_shard=2, limit=4) == 4
+    assert shards.compute(llama, tokenizer, windows, 0, windows_per_shard=2, limit=8) == 8  # resumes at 4
+    from safetensors.torch import load_file
+
+    stored = [load_file(str(f)) for f in shards.shards()]
+    assert len(stored) == 4
+    ids, lengths = windows[5]
+    token_ids = torch.tensor([[0] + ids])
+    with torch.no_grad():
+        expected_logits = llama(token_ids).logits
+    third = stored[2]
+    assert third["token_ids"][1].tolist() == [0] + ids and third["byte_lengths"][1].tolist() == [1] + lengths
+    logits = llama.lm_head(llama.model.norm(third["states"][1:2].float()))
+    assert torch.allclose(logits, expected_logits, atol=5e-2)  # states are stored in float16
+
+
+def test_given_patch_states_give_the_logits_of_running_the_global_transformer(source, byteified):
+    _, tokenizer, llama = source
+    model, vocabulary = byteified
+    ids, _, byte_ids, patch_lengths = tokens_of(tokenizer, vocabulary, DATA.read_bytes()[500:800])
+    with torch.no_grad():
+        full = model(byte_ids, patch_lengths=patch_lengths, use_cache=False).logits
+        states = teacher_states(llama, torch.tensor([[start_token_id(tokenizer)] + ids]))
+        given = model(byte_ids, patch_lengths=patch_lengths, patch_states=states).logits
+    assert torch.allclose(full, given, atol=1e-4)
+    with pytest.raises(ValueError, match="patch_states must be"):
+        model(byte_ids, patch_lengths=patch_lengths, patch_states=states[:, :3])
+
+
+def test_boundary_labels_mark_the_bytes_before_each_token_start():
+    lengths = torch.tensor([[1, 2, 3, 1]])  # BOS | ab | cde | f
+    ids = torch.arange(7)[None] + 4
+    labels = boundary_labels(ids, lengths, torch.ones_like(ids))
+    assert labels.tolist() == [[-100, 0, 1, 0, 0, 1, -100]]
+
+
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_boundary_patching_decodes_exactly_with_the_cache(byteified, with_padding):
+    """Cached greedy generation in the new mode == uncached == a full recompute loop, with left padding."""
+    model, _ = byteified
+    torch.manual_seed(1)
+    with torch.no_grad():  # a boundary head with decisive logits, so patches vary
+        model.model.patcher.boundary_head.weight.normal_(0, 2.0)
+    text = DATA.read_bytes()
+    rows = [[1] + [b + 4 for b in text[:40]], [1] + [b + 4 for b in text[100:125]]]
+    if not with_padding:
+        rows = rows[:1]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        cached = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None)
+        uncached = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                  use_cache=False)
+        assert torch.equal(cached, uncached)
+        for row, prompt in enumerate(rows):  # the plain loop: recompute the row alone, append the argmax
+            sequence = torch.tensor([prompt])
+            for _ in range(24):
+                logits = model(sequence, use_cache=False).logits[:, -1]
+                sequence = torch.cat((sequence, logits.argmax(-1, keepdim=True)), dim=1)
+            assert cached[row, width - len(prompt) :].tolist() == sequence[0].tolist()
+        patches = model.model(torch.tensor([rows[0]]), output_patch_lengths=True, use_cache=False).patch_lengths
+    assert 1 < int((patches > 0).sum()) < len(rows[0])  # neither one patch nor one byte per patch
+
+
+def test_stage1_and_the_boundary_predictor_learn_and_resume(tmp_path, source):
+    folder, tokenizer, llama = source
+    model, vocabulary = byteify_model(folder, tokenizer, **TINY_LOCAL)
+    windows = list(text_windows([DATA.read_bytes()], tokenizer, vocabulary, 48))
+    shards = TeacherShards(tmp_path / "teacher")
+    shards.compute(llama, tokenizer, windows, start_token_id(tokenizer), windows_per_shard=4, limit=24)
+    stream = ShardStream(shards, vocabulary, 4)
+    global_before = {k: v.clone() for k, v in model.model.global_transformer.state_dict().items()}
+    with torch.no_grad():
+        first = stage1_loss(model, stream.batch(0)).item()
+    patcher = model.model.patcher
+    before = evaluate_windows(model, None, windows[:6], vocabulary, start_token_id(tokenizer))
+    train_stage(patcher, patcher, boundary_loss, stream, tmp_path / "work", 60, 1e-2, ("",), "boundary")
+    train_stage(model, model, stage1_loss, stream, tmp_path / "work", 30, 3e-3, STAGE1_TRAINABLE, "stage1")
+    with torch.no_grad():
+        assert stage1_loss(model, stream.batch(0)).item() < first - 0.3
+    after = evaluate_windows(model, None, windows[:6], vocabulary, start_token_id(tokenizer))
+    assert after["boundary_agreement"] > max(before["boundary_agreement"], 0.75)
+    for name, tensor in model.model.global_transformer.state_dict().items():  # frozen in stage 1
+        assert torch.equal(tensor, global_before[name]), name
+    log = [json.loads(line) for line in (tmp_path / "work" / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31))
+    resumed, _ = byteify_model(folder, tokenizer, **TINY_LOCAL)
+    train_stage(resumed, resumed, stage1_loss, stream, tmp_path / "work", 32, 3e-3, STAGE1_TRAINABLE, "stage1")
+    log = [json.loads(line) for line in (tmp_path / "work" / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-2:] == [31, 32]  # continued from the checkpoint, not from step 0
+
+
+def test_byteify_command_writes_a_loadable_model_that_generates_exactly(tmp_path, source, capsys):
+    folder, _, _ = source
+    train, held = tmp_path / "train.txt", tmp_path / "heldout.txt"
+    data = DATA.read_bytes()
+    train.write_bytes(data[: len(data) * 3 // 4])
+    held.write_bytes(data[len(data) * 3 // 4 :])
+    out = tmp_path / "blt"
+    code = cli_main(["byteify", str(folder), str(out), "--train", str(train), "--eval", str(held),
+                     "--teacher-windows", "8", "--tokens-per-window", "48", "--batch-windows", "4",
+                     "--boundary-steps", "5", "--stage1-steps", "5", "--stage2-steps", "2", "--eval-windows", "2",
+                     "--local-hidden-size", "32", "--decoder-layers", "1"])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["source_bits_per_byte"] > 0 and results["blt_bits_per_byte"] > 0
+    assert (tmp_path / "blt.work" / "stage2" / "state.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    prompt = torch.tensor([[1] + [b + 4 for b in b"The house"]])
+    with torch.no_grad():
+        cached = loaded.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
+        uncached = loaded.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_byteify_refuses_bad_sources_and_writes_nothing(tmp_path, source, capsys):
+    folder, tokenizer, _ = source
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 50)
+    not_llama = tmp_path / "gpt"
+    not_llama.mkdir()
+    (not_llama / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    other = tmp_path / "other"
+    other.mkdir()
+    big = train_tokenizer(DATA.read_text(), size=700)
+    for name in ("config.json", "model.safetensors"):
+        (other / name).write_bytes((folder / name).read_bytes())
+    big.save_pretrained(other)
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_bytes((folder / "config.json").read_bytes())
+    tokenizer.save_pretrained(no_weights)
+    cases = [(not_llama, "expected a Llama"), (other, "do not belong together"), (no_weights, "no weights"),
+             (tmp_path / "missing", "no config.json")]
+    for bad, message in cases:
+        out = tmp_path / f"out_{bad.name}"
+        code = cli_main(["byteify", str(bad), str(out), "--train", str(text), "--eval", str(text)])
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists() and not Path(f"{out}.work").exists()
+    with pytest.raises(FileNotFoundError):
+        byteify(ByteifyOptions(str(folder), str(tmp_path / "o"), [str(tmp_path / "nope.txt")], [str(text)]))
+
+
+def test_a_shipped_delta_assembles_into_the_model_and_checks_its_logits(tmp_path, source, byteified):
+    from blt_hf.convert.byteified import assemble, export_delta
+
+    folder, tokenizer, llama = source
+    model, _ = byteified
+    shipped = tmp_path / "shipped"
+    export_delta(model, shipped, {"llama_folder": str(folder)})
+    assert not (shipped / "model.safetensors").exists()
+    delta_bytes = (shipped / "delta.safetensors").stat().st_size
+    source_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "global_transformer.layers" in n)
+    assert delta_bytes < sum(p.numel() * 2 for p in model.parameters()) - source_bytes  # no source weights inside
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for f in shipped.iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((tampered / "assembly.json").read_text())
+    spec["checksum"]["mean_abs"] *= 1.5
+    (tampered / "assembly.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="differ from the shipped checksum"):
+        assemble(tampered, llama_folder=folder)
+    assert not (tampered / "model.safetensors").exists()
+    assemble(shipped, llama_folder=folder)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(shipped, trust_remote_code=True).eval()
+    ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:200]]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids, use_cache=False).logits, atol=2e-2)
