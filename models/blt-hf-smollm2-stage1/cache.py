@@ -1,0 +1,442 @@
+"""One cache for incremental BLT generation, carried through `generate()` as `past_key_values`.
+
+* `SlidingWindowCache` keeps, per layer, the keys/values of the last `window - 1` positions (patcher, local encoder,
+  local decoder): per-byte work is O(window) however long the text grows.
+* `PatchKVCache` keeps the global transformer's keys/values, one entry per closed patch, ragged across rows.
+* `BLTCache` bundles them with the streaming state that is not K/V: the patching rule's state, the encoder states
+  of the still-open patch, the decoder's current patch slots and the last bytes for the hash n-grams. Its state
+  changes are its own methods: `advance` takes in a chunk the model has run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .patching import ChunkPatches, PatchingState, move_kept_to_front, row_positions
+
+
+class SlidingWindowCache:
+    """Per-layer keys/values of the last `window - 1` positions (all of them if window is None).
+
+    Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
+    free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
+    is moved to the front (an O(window) copy every O(window) steps). fast_decoding: whether one-byte steps continuing
+    it may take the shortcuts of `decoding.py` and the unmasked attention step (`BLTConfig.fast_decoding`).
+    """
+
+    def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True):
+        self.window, self.fast_decoding = window, fast_decoding
+        self.keep = None if window is None else window - 1
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self._valid: torch.Tensor | None = None  # [B, capacity] False for padding
+        self._segments: torch.Tensor | None = None  # [B, capacity] segment of each position
+        self.start = self.end = 0  # live span of the buffers
+        self._pending = 0  # positions written by the current call, committed at the next `begin`
+        self.step_weights: dict[int, tuple | None] = {}  # per layer: `decoding.fuse_step_weights`
+
+    def _commit(self) -> None:
+        if self._pending:
+            self.end += self._pending
+            self._pending = 0
+            if self.keep is not None:
+                self.start = max(self.start, self.end - self.keep)
+            if self._segments is not None and self.end > self.start:
+                # positions of a finished segment are never attended again: drop them (all rows at once)
+                segments = self._segments[:, self.start : self.end]
+                alive = (segments == segments[:, -1:]) & self._valid[:, self.start : self.end]
+                self.start += int(alive.long().argmax(1).min())
+
+    @property
+    def length(self) -> int:
+        self._commit()
+        return self.end - self.start
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        self._commit()
+        return None if self._valid is None else self._valid[:, self.start : self.end]
+
+    def _relocate(self, capacity: int) -> None:
+        """Move the live span to the front of (possibly larger) buffers."""
+        span = slice(self.start, self.end)
+        live = self.end - self.start
+
+        def moved(buffer, dim):
+            if buffer is None:
+                return None
+            shape = list(buffer.shape)
+            shape[dim] = capacity
+            fresh = buffer.new_zeros(shape)
+            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, span.start, live))
+            return fresh
+
+        self.keys = [moved(k, 2) for k in self.keys]
+        self.values = [moved(v, 2) for v in self.values]
+        self._valid, self._segments = moved(self._valid, 1), moved(self._segments, 1)
+        self.start, self.end = 0, live
+
+    def begin(self, new_valid: torch.Tensor, new_segments: torch.Tensor | None):
+        """Start a call that appends n positions: returns (cached length, key validity, key segments) over
+        cached + new positions."""
+        self._commit()
+        n = new_valid.shape[1]
+        capacity = 0 if self._valid is None else self._valid.shape[1]
+        if self.end + n > capacity:
+            live = self.end - self.start
+            needed = live + n
+            # windowed: room for two windows, so relocations are rare; unbounded: grow geometrically
+            new_capacity = max(2 * (self.keep + n), needed) if self.keep is not None else max(2 * capacity, needed, 64)
+            if self._valid is None:
+                self._valid = new_valid.new_zeros(new_valid.shape[0], new_capacity)
+                if new_segments is not None:
+                    self._segments = new_segments.new_zeros(new_segments.shape[0], new_capacity)
+            else:
+                self._relocate(capacity if needed <= capacity else new_capacity)
+        if new_segments is not None and self._segments is None:
+            self._segments = new_segments.new_zeros(self._valid.shape)
+        self._valid[:, self.end : self.end + n] = new_valid
+        if new_segments is not None:
+            self._segments[:, self.end : self.end + n] = new_segments
+        self._pending = n
+        span = slice(self.start, self.end + n)
+        segments = None if new_segments is None else self._segments[:, span]
+        return self.end - self.start, self._valid[:, span], segments
+
+    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
+        """Write this call's keys/values [B, Hkv, n, D]; return views of all visible ones."""
+        n = keys.shape[2]
+        capacity = self._valid.shape[1]
+        if self.keys[layer_idx] is None or self.keys[layer_idx].shape[2] != capacity:
+            shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+            fresh_k, fresh_v = keys.new_zeros(shape), values.new_zeros(shape)
+            if self.keys[layer_idx] is not None:  # never happens after `begin` relocated every layer
+                raise RuntimeError("cache buffers out of sync")
+            self.keys[layer_idx], self.values[layer_idx] = fresh_k, fresh_v
+        self.keys[layer_idx].narrow(2, self.end, n).copy_(keys)
+        self.values[layer_idx].narrow(2, self.end, n).copy_(values)
+        start, visible = self.start, self.end + n - self.start
+        return self.keys[layer_idx].narrow(2, start, visible), self.values[layer_idx].narrow(2, start, visible)
+
+    def snapshot(self) -> tuple:
+        """The live span and the buffers holding it. Appending writes only past `end` and relocating makes new
+        buffers, so `restore` of this is exact after any later calls (`BLTCache.snapshot`)."""
+        self._commit()
+        return list(self.keys), list(self.values), self._valid, self._segments, self.start, self.end
+
+    def restore(self, snapshot: tuple) -> None:
+        keys, values, self._valid, self._segments, self.start, self.end = snapshot
+        self.keys, self.values, self._pending = list(keys), list(values), 0
+
+    def drop_last(self, count: int, call_length: int, live_before: int) -> None:
+        """Forget the last `count` positions of the last call, which appended `call_length` positions to
+        `live_before` live ones: the span is then what a call of `call_length - count` positions would have left."""
+        self._commit()
+        call_start = self.end - call_length
+        if call_start - live_before < 0 or count > call_length:
+            raise RuntimeError("cannot roll this window cache back: its positions were not kept")
+        self.start, self.end, self._pending = call_start - live_before, call_start, call_length - count
+        self._commit()
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self._commit()
+        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        if self._valid is not None:
+            self._valid = self._valid.index_select(0, index)
+        if self._segments is not None:
+            self._segments = self._segments.index_select(0, index)
+
+
+class PatchKVCache:
+    """Global-transformer keys/values in buffers [B, Hkv, capacity, D]; row b holds `lengths[b]` patches."""
+
+    def __init__(self, num_layers: int, batch_size: int, device):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_length = 0  # host copy of lengths.max()
+
+    def _write(self, buffer, new, new_counts):
+        batch, heads, num_new, dim = new.shape
+        needed = self.max_length + num_new
+        if buffer is None or buffer.shape[2] < needed:
+            capacity = max(needed, 2 * (0 if buffer is None else buffer.shape[2]), 16)
+            grown = new.new_zeros(batch, heads, capacity, dim)
+            if buffer is not None:
+                grown[:, :, : buffer.shape[2]] = buffer
+            buffer = grown
+        slot = torch.arange(num_new, device=new.device)[None]
+        write = slot < new_counts[:, None]
+        rows = torch.arange(batch, device=new.device)[:, None].expand(-1, num_new)[write]
+        cols = (self.lengths[:, None] + slot)[write]
+        buffer.transpose(1, 2)[rows, cols] = new.transpose(1, 2)[write]
+        return buffer
+
+    def update(self, layer_idx, keys, values, new_counts):
+        self.keys[layer_idx] = self._write(self.keys[layer_idx], keys, new_counts)
+        self.values[layer_idx] = self._write(self.values[layer_idx], values, new_counts)
+        visible = self.max_length + keys.shape[2]
+        return self.keys[layer_idx][:, :, :visible], self.values[layer_idx][:, :, :visible]
+
+    def advance(self, new_counts: torch.Tensor) -> None:
+        self.lengths = self.lengths + new_counts
+        self.max_length = int(self.lengths.max()) if self.lengths.numel() else 0
+
+    def snapshot(self) -> tuple:
+        """Buffers and lengths: writes land at offsets >= lengths and growing makes new buffers, so `restore` of
+        this is exact after any later calls."""
+        return list(self.keys), list(self.values), self.lengths, self.max_length
+
+    def restore(self, snapshot: tuple) -> None:
+        keys, values, self.lengths, self.max_length = snapshot
+        self.keys, self.values = list(keys), list(values)
+
+    def set_lengths(self, lengths: torch.Tensor) -> None:
+        """Keep `lengths` [B] patches per row (at most what the buffers hold): the later ones are forgotten."""
+        self.lengths = lengths
+        self.max_length = int(lengths.max()) if lengths.numel() else 0
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        self.lengths = self.lengths.index_select(0, index)
+        self.max_length = int(self.lengths.max()) if self.lengths.numel() else 0
+
+
+def select_patch(patch_kv, patch_index: torch.Tensor):
+    """Per decoder cross layer, keys/values [B, P, ...] -> [B, 1, ...] at patch_index [B] (or [B, 1])."""
+    index = patch_index.view(-1, 1, 1, 1, 1)
+    return [
+        (k.gather(1, index.expand(-1, 1, *k.shape[2:])), v.gather(1, index.expand(-1, 1, *v.shape[2:])))
+        for k, v in patch_kv
+    ]
+
+
+class BLTCache:
+    """Everything BLT needs to continue a batch of byte sequences without recomputing them.
+
+    Not a `transformers.Cache`: `BLTForCausalLM` tells `generate()` not to build a `DynamicCache`. It carries the
+    config's `fast_decoding` switch to its window caches.
+    """
+
+    is_compileable = False
+    is_croppable = True  # `crop` rolls back the calls made since `activate_past_recording`
+    layers: tuple = ()  # no transformers cache layers (read by `DeferredStopCheck.finish`)
+
+    def __init__(self, config, batch_size: int, device):
+        encoder, decoder = config.encoder_config, config.decoder_config
+        self.fast_decoding = config.fast_decoding
+        patcher = config.patcher_config
+        self.patcher = (
+            SlidingWindowCache(patcher.num_hidden_layers, patcher.sliding_window, self.fast_decoding)
+            if config.has_patcher and config.patching_mode in ("entropy", "boundary")
+            else None
+        )
+        self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
+        self.global_ = PatchKVCache(config.global_config.num_hidden_layers, batch_size, device)
+        self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding)
+        self.patching = PatchingState.initial(batch_size, device)
+        history = max(config.encoder_hash_byte_group_size) - 1
+        if config.vocab_embedding_rows:
+            history = max(history, config.vocab_embedding_max_bytes - 1)
+        self.byte_history = torch.zeros(batch_size, history, dtype=torch.long, device=device)
+        self.num_bytes = torch.zeros(batch_size, dtype=torch.long, device=device)  # real bytes seen per row
+        self.seen_tokens = 0  # columns of input_ids consumed (padding included)
+        self.open_patch_states: list[torch.Tensor] | None = None  # per encoder cross layer [B, o, d]
+        self.open_patch_valid: torch.Tensor | None = None  # [B, o]
+        self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
+        self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
+        self.continuable = True  # False once a row had padding after real bytes (right padding)
+        self.open_patch_begin = torch.zeros(batch_size, dtype=torch.long, device=device)  # position it began at
+        self.record_past = False  # `activate_past_recording`: calls are recorded so that `crop` can undo them
+        self._records: list[dict] = []
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    @property
+    def num_patches(self) -> torch.Tensor:
+        """Closed patches per row [B]."""
+        return self.global_.lengths
+
+    def local_cache_sizes(self) -> dict[str, int]:
+        """Positions held by each windowed cache (bounded by the windows) and by the open patch."""
+        return {
+            "patcher": self.patcher.length if self.patcher is not None else 0,
+            "encoder": self.encoder.length,
+            "decoder": self.decoder.length,
+            "open_patch": 0 if self.open_patch_valid is None else self.open_patch_valid.shape[1],
+        }
+
+    def with_open_patch(self, cross_states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per encoder cross layer, [the still-open patch's earlier states, this chunk's states]: [B, o + n, d]."""
+        if self.open_patch_states is None:
+            return list(cross_states)
+        return [torch.cat((o, s), dim=1) for o, s in zip(self.open_patch_states, cross_states, strict=True)]
+
+    # ---------------------------------------------------------------- rollback (speculative decoding)
+    _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
+              "current_patch_kv", "current_patch_readouts", "continuable", "open_patch_begin")
+
+    def _windows(self) -> dict[str, SlidingWindowCache]:
+        caches = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.patcher is not None:
+            caches["patcher"] = self.patcher
+        return caches
+
+    def snapshot(self) -> dict:
+        """Everything that `restore` needs to bring the cache back to now, in O(1): the streaming state tensors
+        are replaced (never written in place) by later calls, and the window and patch caches only write past
+        their live spans or into new buffers."""
+        return {
+            "state": {name: getattr(self, name) for name in self._STATE},
+            "windows": {name: cache.snapshot() for name, cache in self._windows().items()},
+            "global": self.global_.snapshot(),
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to the moment of `snapshot` (forgets the recorded calls made since)."""
+        for name, value in snapshot["state"].items():
+            setattr(self, name, value)
+        for name, cache in self._windows().items():
+            cache.restore(snapshot["windows"][name])
+        self.global_.restore(snapshot["global"])
+        self._records = []
+
+    def activate_past_recording(self) -> None:
+        """Record every following call so that `crop` can undo any number of its last bytes (transformers'
+        assisted and prompt-lookup decoding call this, then `crop` after each verification)."""
+        self.record_past = True
+        self._records = []
+
+    def open_record(self) -> None:
+        """Called by the model at the start of a call continuing this cache while recording."""
+        if self.record_past:
+            self._records.append({"before": self.snapshot()})
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` columns of the recorded calls (transformers' convention: negative =
+        how many to remove; a positive value is the number of columns to keep). The cache is then exactly what
+        the calls without those columns would have left. Clears the record."""
+        remove = self.seen_tokens - tokens_to_remove if tokens_to_remove > 0 else -tokens_to_remove
+        if remove < 0:
+            raise ValueError(f"cannot crop a cache of {self.seen_tokens} columns to {tokens_to_remove}")
+        while remove > 0:
+            if not self._records or "columns" not in self._records[-1]:
+                raise ValueError(
+                    f"cannot remove {remove} more columns: only calls made after activate_past_recording() can "
+                    "be undone"
+                )
+            record = self._records.pop()
+            if remove >= record["columns"]:
+                remove -= record["columns"]
+                records = self._records
+                self.restore(record["before"])
+                self._records = records
+            else:
+                self._keep_first(record, record["columns"] - remove)
+                remove = 0
+        self._records = []
+
+    def _keep_first(self, record: dict, keep: int) -> None:
+        """Undo the last call (`record`) but for its first `keep` columns."""
+        patches: ChunkPatches = record["patches"]
+        if patches.rule is None:
+            raise ValueError("a call given patch_lengths cannot be partly undone")
+        before = record["before"]
+        columns = record["columns"]
+        for name, cache in self._windows().items():
+            start, end = before["windows"][name][4:]
+            cache.drop_last(columns - keep, columns, end - start)
+        for name, value in before["state"].items():
+            setattr(self, name, value)
+        valid, ids = patches.valid[:, :keep], record["ids"][:, :keep]
+        positions = row_positions(valid, self.num_bytes)
+        entropies = None if patches.entropies is None else patches.entropies[:, :keep]
+        starts, next_starts, state = patches.rule(positions, valid, ids, entropies, self.patching, None,
+                                                  self.fast_decoding)
+        prefix = ChunkPatches(patches.starts[:, :keep], patches.next_starts[:, :keep], valid,
+                              patches.patches_before, state)
+        self.global_.set_lengths(patches.patches_before + prefix.new_patches)
+        patch_kv = record["patch_kv"]
+        if keep == 1 or prefix.num_new == 0:  # what a one-byte call, or a call closing no patch, would carry
+            patch_kv = select_patch(patch_kv, prefix.new_patches)
+        begins = record["patch_begins"]
+        self.advance(ids, self.num_bytes + valid.sum(1), prefix, [s[:, :keep] for s in record["cross_states"]],
+                     patch_kv, patch_begins=None if begins is None else begins[:, :keep])
+
+    def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None,
+                patch_begins=None) -> None:
+        """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
+        its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
+        row in a one-byte step), the slot readouts made of that patch, if any, and where each byte's patch began
+        (`patching.patch_begins`, when the model tracks it)."""
+        if self.record_past and self._records and "columns" not in self._records[-1]:
+            self._records[-1].update(columns=ids.shape[1], ids=ids, patches=patches, cross_states=cross_states,
+                                     patch_kv=patch_kv, patch_begins=patch_begins)
+        if patch_begins is not None:
+            self.open_patch_begin = patch_begins[:, -1]
+        valid = patches.valid
+        if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+            self.continuable = False  # right padding: a row's next bytes would not follow its last real one
+        self.seen_tokens += ids.shape[1]
+        self.num_bytes = num_bytes
+        history = torch.cat((self.byte_history, ids), dim=1)
+        self.byte_history = history[:, history.shape[1] - self.byte_history.shape[1] :]
+        if patches.state is not None:
+            self.patching = patches.state
+        self.carry_open_patch(cross_states, patches)
+        self.take_current_patch(patch_kv, patches)
+        if slot_readouts is not None:
+            self.current_patch_readouts = slot_readouts
+
+    def carry_open_patch(self, cross_states, patches: ChunkPatches) -> None:
+        """Keep the encoder states of the patch still open after the chunk: they pool into it when it closes."""
+        if patches.num_new == 0:  # no row closed a patch (most decoding steps): the open patch just grows
+            if self.open_patch_states is None:
+                self.open_patch_states, self.open_patch_valid = list(cross_states), patches.valid
+            else:
+                self.open_patch_states = self.with_open_patch(cross_states)
+                self.open_patch_valid = torch.cat((self.open_patch_valid, patches.valid), dim=1)
+            return
+        keep = patches.still_open(self.open_patch_valid)
+        kept = [move_kept_to_front(states, keep) for states in self.with_open_patch(cross_states)]
+        self.open_patch_states, self.open_patch_valid = [states for states, _ in kept], kept[0][1]
+
+    def take_current_patch(self, patch_kv, patches: ChunkPatches) -> None:
+        """The decoder's current patch becomes the last one closed (unchanged where nothing closed); its slot
+        readouts are remade at the next step."""
+        if patches.num_new == 0:
+            if self.current_patch_kv is None:
+                self.current_patch_kv = patch_kv
+            return
+        one_byte_step = patches.valid.shape[1] == 1  # the model has selected the patch already
+        self.current_patch_kv = patch_kv if one_byte_step else select_patch(patch_kv, patches.new_patches)
+        self.current_patch_readouts = None
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> BLTCache:
+        """Select/reorder batch rows in place (beam search, `num_return_sequences` expansion)."""
+        self._records = []
+        for sub in (self.patcher, self.encoder, self.global_, self.decoder):
+            if sub is not None:
+                sub.select_rows(beam_idx)
+        self.patching = self.patching.select_rows(beam_idx)
+        self.byte_history = self.byte_history.index_select(0, beam_idx)
+        self.num_bytes = self.num_bytes.index_select(0, beam_idx)
+        self.open_patch_begin = self.open_patch_begin.index_select(0, beam_idx)
+        if self.open_patch_states is not None:
+            self.open_patch_states = [s.index_select(0, beam_idx) for s in self.open_patch_states]
+            self.open_patch_valid = self.open_patch_valid.index_select(0, beam_idx)
+        if self.current_patch_kv is not None:
+            self.current_patch_kv = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
+                                     for k, v in self.current_patch_kv]
+        self.current_patch_readouts = None  # remade from current_patch_kv at the next step
+        return self
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        index = torch.arange(self.num_bytes.shape[0], device=self.num_bytes.device).repeat_interleave(repeats)
+        self.reorder_cache(index)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.reorder_cache(indices)
