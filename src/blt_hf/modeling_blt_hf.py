@@ -206,19 +206,25 @@ class BLTModel(BLTPreTrainedModel):
             embeddings, positions, encoder_plan, output_hidden_states
         )
 
-        # 3. patches closed in this chunk -> global transformer
+        # 3. patches closed in this chunk -> global transformer (in a decoding step, only on the rows closing one)
         global_hidden, new_patch_kv = None, None
+        closing_rows = None
         if patches.num_new > 0:
+            closing_rows = None if output_hidden_states else self._closing_rows(patches, cache)
             states, open_valid = cross_states, None
             if cache is not None:
-                states, open_valid = cache.with_open_patch(cross_states), cache.open_patch_valid
-            patch_vectors = self.local_encoder.encode_patches(
-                states, patches.encoder_byte_patch(open_valid), patches.num_new
-            )
-            global_plan = PatchAttentionPlan(
-                patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
-                None if documents is None else patches.at_closed_patches(documents),
-            )
+                states, open_valid = cache.with_open_patch(cross_states, closing_rows), cache.open_patch_valid
+            byte_patch = patches.encoder_byte_patch(open_valid)
+            if closing_rows is not None:
+                byte_patch = byte_patch.index_select(0, closing_rows)
+            patch_vectors = self.local_encoder.encode_patches(states, byte_patch, patches.num_new)
+            if closing_rows is not None:  # one patch per row, each at its own position in the global cache
+                global_plan = PatchAttentionPlan(1, torch.ones_like(closing_rows), cache.global_.rows(closing_rows))
+            else:
+                global_plan = PatchAttentionPlan(
+                    patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
+                    None if documents is None else patches.at_closed_patches(documents),
+                )
             patch_states, global_hidden = self.global_transformer(patch_vectors, global_plan, output_hidden_states)
             new_patch_kv = self.local_decoder.patch_keys_values(patch_states)
 
@@ -227,7 +233,7 @@ class BLTModel(BLTPreTrainedModel):
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
-        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states)
+        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states, closing_rows)
         hidden, decoder_hidden = self.local_decoder(
             byte_states, positions, decoder_plan, patch_kv, byte_patch, output_hidden_states, readouts
         )
@@ -303,10 +309,35 @@ class BLTModel(BLTPreTrainedModel):
             )
         return starts, next_starts, pending_start
 
-    def _patches_to_read(self, cache, new_patch_kv, patches: ChunkPatches, byte_states):
+    @staticmethod
+    def _closing_rows(patches: ChunkPatches, cache) -> torch.Tensor | None:
+        """In a decoding step where some rows but not all close a patch, those rows [k]; else None (dense path)."""
+        if cache is None or cache.current_patch_kv is None or patches.valid.shape[1] != 1:
+            return None
+        rows = patches.closes[:, 0].nonzero().flatten()
+        return rows if rows.numel() < patches.valid.shape[0] else None
+
+    def _patches_to_read(self, cache, new_patch_kv, patches: ChunkPatches, byte_states, closing_rows=None):
         """The decoder's patch table (per cross layer keys/values of [current patch, patches closed now]), the
         patch each byte reads in it, and slot readouts for an eligible one-byte step (else None). A decoding step
-        reads one patch per row: the table is cut to it."""
+        reads one patch per row: the table is cut to it. closing_rows [k]: new_patch_kv holds only these rows'
+        patches (`_closing_rows`); they replace those rows' current patch, and so do their slot readouts."""
+        if closing_rows is not None:
+            patch_kv = [(ck.index_copy(0, closing_rows, nk[:, :1]), cv.index_copy(0, closing_rows, nv[:, :1]))
+                        for (ck, cv), (nk, nv) in zip(cache.current_patch_kv, new_patch_kv, strict=True)]
+            readouts = None
+            if fast_paths_eligible(byte_states, cache):
+                current, new = cache.current_patch_readouts, None
+                if current is not None:
+                    new = slot_readouts(self.local_decoder.cross_attn_layers, new_patch_kv)
+                if new is not None:
+                    readouts = [(score.index_copy(0, closing_rows, new_score),
+                                 out.index_copy(0, closing_rows, new_out), eps, slots)
+                                for (score, out, eps, slots), (new_score, new_out, *_)
+                                in zip(current, new, strict=True)]
+                else:
+                    readouts = slot_readouts(self.local_decoder.cross_attn_layers, patch_kv)
+            return patch_kv, torch.zeros_like(patches.decoder_patch), readouts
         current = cache.current_patch_kv if cache is not None else None
         patch_kv = self.local_decoder.patch_table(current, new_patch_kv, byte_states.shape[0], byte_states.device,
                                                   byte_states.dtype)
