@@ -100,6 +100,19 @@ class SlidingWindowCache:
         tensors = [*self.keys, *self.values, self._valid, self._segments]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
+    def _capacity_for(self, n: int) -> int:
+        """Capacity for calls of n positions under a bound: the bound plus room for max(n, slack) positions, slack
+        = max(16, bound / 8) decoding steps between moves of the live span."""
+        return self.bound + max(n, 16, self.bound // 8)
+
+    def trim(self) -> None:
+        """Shrink the buffers to what decoding steps need (after a prefill): `bound` plus slack."""
+        self._commit()
+        if self.bound is not None and self._valid is not None:
+            target = max(self._capacity_for(1), self.end - self.start + 1)
+            if self.capacity > target:
+                self._relocate(target)
+
     def begin(self, new_valid: torch.Tensor, new_segments: torch.Tensor | None):
         """Start a call that appends n positions: returns (cached length, key validity, key segments) over
         cached + new positions."""
@@ -110,7 +123,7 @@ class SlidingWindowCache:
         bound = self.bound
         # bounded: room for `slack` more calls of n positions before the live span moves; unbounded: grow
         # geometrically. A span beyond the bound (patch lengths given by hand) still fits.
-        target = None if bound is None else max(bound + max(n, 16, bound // 8), live + n)
+        target = None if bound is None else max(self._capacity_for(n), live + n)
         if self.end + n > capacity or (target is not None and capacity > target):
             new_capacity = target if target is not None else max(2 * capacity, live + n, 64)
             if self._valid is None:
@@ -334,6 +347,10 @@ class BLTCache:
         if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             self.continuable = False  # right padding: a row's next bytes would not follow its last real one
         self.seen_tokens += ids.shape[1]
+        if ids.shape[1] > 1:  # after a prefill (chunk), the window caches shrink to what decoding needs
+            for window_cache in (self.patcher, self.encoder, self.decoder):
+                if window_cache is not None:
+                    window_cache.trim()
         self.num_bytes = num_bytes
         history = torch.cat((self.byte_history, ids), dim=1)
         self.byte_history = history[:, history.shape[1] - self.byte_history.shape[1] :]

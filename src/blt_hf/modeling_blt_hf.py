@@ -394,7 +394,23 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> BLTCausalLMOutput:
         r"""Next-byte logits [B, n, vocab] (fp32); with `labels`, the causal-LM loss (labels shifted inside,
-        -100 ignored, `num_items_in_batch` honoured). See `BLTModel.forward` for the other arguments."""
+        -100 ignored, `num_items_in_batch` honoured). See `BLTModel.forward` for the other arguments.
+
+        A cached call asking only for the last logits (`logits_to_keep`, as `generate` does) on more bytes than the
+        local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
+        window rather than the prompt."""
+        chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
+                                   position_ids, output_hidden_states, output_patch_lengths)
+        if chunk is not None:
+            cache, length = past_key_values, input_ids.shape[1]
+            offset = attention_mask.shape[1] - length if attention_mask is not None else 0
+            for stop in range(length % chunk or chunk, length + 1, chunk):  # the last chunk is a full one
+                begin = max(stop - chunk, 0)
+                mask = attention_mask[:, offset + begin : offset + stop] if attention_mask is not None else None
+                result = self(input_ids[:, begin:stop], attention_mask=mask, past_key_values=cache, use_cache=True,
+                              logits_to_keep=logits_to_keep if stop == length else 1)
+                cache = result.past_key_values
+            return result
         outputs = self.model(
             input_ids=input_ids,
             patch_lengths=patch_lengths,
@@ -424,6 +440,25 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             patch_lengths=outputs.patch_lengths,
             global_hidden_states=outputs.global_hidden_states,
         )
+
+    def prefill_chunk(self, input_ids, past_key_values, use_cache, logits_to_keep, labels=None, patch_lengths=None,
+                      position_ids=None, output_hidden_states=None, output_patch_lengths=False) -> int | None:
+        """Chunk size for a cached call that needs only its last `logits_to_keep` logits, when it is longer than
+        the chunk: the largest local window (None: run in one piece)."""
+        config = self.config
+        if (labels is not None or patch_lengths is not None or position_ids is not None or output_hidden_states
+                or output_patch_lengths or input_ids is None or not isinstance(logits_to_keep, int)
+                or logits_to_keep < 1):
+            return None
+        if use_cache is False or (past_key_values is None and not (use_cache or config.use_cache) or self.training):
+            return None
+        windows = [config.encoder_config.sliding_window, config.decoder_config.sliding_window]
+        if self.model.patcher is not None and config.patching_mode == "entropy":
+            windows.append(config.patcher_config.sliding_window)
+        if any(window is None for window in windows):
+            return None
+        chunk = max(windows)
+        return chunk if input_ids.shape[1] > chunk and logits_to_keep <= chunk else None
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """generate() refuses up front an empty prompt, and a prompt plus `max_new_tokens` longer than
