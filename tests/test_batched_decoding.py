@@ -152,8 +152,8 @@ def test_memory_stays_flat_over_a_long_batched_generation(setting):
         model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=500, min_new_tokens=500,
                        do_sample=True, top_k=40, eos_token_id=None, stopping_criteria=StoppingCriteriaList([recorder]))
     assert len(recorder.records) == 500
-    for part in ("patcher", "encoder", "decoder"):  # window caches: the same bytes from the first step to the last
-        assert len({memory[part] for memory, _ in recorder.records}) == 1, part
+    for part in ("patcher", "encoder", "decoder"):  # window caches: the same bytes from step 50 to the last
+        assert len({memory[part] for memory, _ in recorder.records[50:]}) == 1, part
     for memory, patches in recorder.records:  # the global cache grows with the patches only (at most 2x)
         per_patch = 2 * 2 * model.config.global_config.hidden_size * 4 * ids.shape[0]  # k + v, 2 layers, fp32
         assert memory["global"] <= per_patch * max(2 * patches, 16)

@@ -66,17 +66,22 @@ class SlidingWindowCache:
         return None if self._valid is None else self._valid[:, self.start : self.end]
 
     def _relocate(self, capacity: int) -> None:
-        """Move the live span to the front of (possibly larger) buffers."""
-        span = slice(self.start, self.end)
-        live = self.end - self.start
+        """Move the live span to the front of the buffers: in place at the same capacity (in pieces that do not
+        overlap, so that a decoding run allocates nothing), else into new buffers of `capacity`."""
+        start, live = self.start, self.end - self.start
 
         def moved(buffer, dim):
             if buffer is None:
                 return None
+            if buffer.shape[dim] == capacity and start > 0:
+                for begin in range(0, live, start):
+                    size = min(start, live - begin)
+                    buffer.narrow(dim, begin, size).copy_(buffer.narrow(dim, start + begin, size))
+                return buffer
             shape = list(buffer.shape)
             shape[dim] = capacity
             fresh = buffer.new_zeros(shape)
-            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, span.start, live))
+            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, start, live))
             return fresh
 
         self.keys = [moved(k, 2) for k in self.keys]
@@ -100,16 +105,18 @@ class SlidingWindowCache:
         tensors = [*self.keys, *self.values, self._valid, self._segments]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def _capacity_for(self, n: int) -> int:
-        """Capacity for calls of n positions under a bound: the bound plus room for max(n, slack) positions, slack
-        = max(16, bound / 8) decoding steps between moves of the live span."""
-        return self.bound + max(n, 16, self.bound // 8)
+    def _capacity_for(self, n: int, live: int) -> int:
+        """Capacity for calls of n positions under a bound: min(bound, 2 * live) (growing geometrically up to the
+        bound) plus room for max(n, slack) positions, slack = max(16, bound / 8) steps between moves of the live
+        span; never less than live + n (a span beyond the bound: patch lengths given by hand)."""
+        bound = self.bound
+        return max(min(bound, 2 * live) + max(n, 16, bound // 8), live + n)
 
     def trim(self) -> None:
-        """Shrink the buffers to what decoding steps need (after a prefill): `bound` plus slack."""
+        """Shrink the buffers to what decoding steps need (after a prefill): at most `bound` plus slack."""
         self._commit()
         if self.bound is not None and self._valid is not None:
-            target = max(self._capacity_for(1), self.end - self.start + 1)
+            target = self._capacity_for(1, self.end - self.start)
             if self.capacity > target:
                 self._relocate(target)
 
@@ -123,8 +130,9 @@ class SlidingWindowCache:
         bound = self.bound
         # bounded: room for `slack` more calls of n positions before the live span moves; unbounded: grow
         # geometrically. A span beyond the bound (patch lengths given by hand) still fits.
-        target = None if bound is None else max(self._capacity_for(n), live + n)
-        if self.end + n > capacity or (target is not None and capacity > target):
+        target = None if bound is None else self._capacity_for(n, live)
+        largest = None if bound is None else self._capacity_for(n, bound)
+        if self.end + n > capacity or (largest is not None and capacity > max(largest, live + n)):
             new_capacity = target if target is not None else max(2 * capacity, live + n, 64)
             if self._valid is None:
                 self._valid = new_valid.new_zeros(new_valid.shape[0], new_capacity)
