@@ -107,47 +107,40 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def generate_kwargs(name):
-    return {"cache_implementation": "static"} if name == "llama_static" else {}
+def timed_generate(model, name, ids, new_tokens, spare_steps):
+    """(seconds per decoding step, generate()'s output, peak RSS MB above the start, prefill seconds). The Llama
+    with static cache gets one of `spare_steps` extra slots (for `flops_per_step` to continue it)."""
+    from transformers import StaticCache, StoppingCriteriaList
 
-
-def timed_generate(model, name, ids, new_tokens):
-    """(seconds per decoding step, the final cache, peak RSS MB above the start, prefill seconds)."""
-    from transformers import StoppingCriteriaList
-
+    kwargs = {}
+    if name == "llama_static":
+        kwargs["past_key_values"] = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens
+                                                + spare_steps)
     timer = StepTimer()
     start = time.perf_counter()
     with MemorySampler() as memory, torch.no_grad():
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              eos_token_id=None, pad_token_id=0, stopping_criteria=StoppingCriteriaList([timer]),
-                             return_dict_in_generate=True, **generate_kwargs(name))
+                             return_dict_in_generate=True, **kwargs)
     step = (timer.times[-1] - timer.times[0]) / max(len(timer.times) - 1, 1)
-    return step, out.past_key_values, memory.extra_mb, timer.times[0] - start
+    return step, out, memory.extra_mb, timer.times[0] - start
 
 
-def flops_per_step(model, name, ids, steps):
-    """Matmul FLOPs of one greedy decoding step (FlopCounterMode over `steps` steps after a prefill)."""
+def flops_per_step(model, name, out, steps):
+    """Matmul FLOPs of one greedy decoding step: FlopCounterMode over `steps` steps continuing generate()'s cache
+    (its last byte is not in the cache yet)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad():
-        if name.startswith("llama"):
-            from transformers import DynamicCache, StaticCache
-
-            cache = (StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps) if name == "llama_static"
-                     else DynamicCache(config=model.config))
-            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        else:
-            out = model(ids, use_cache=True, logits_to_keep=1)
-        cache, last = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        mask = torch.ones(ids.shape[0], ids.shape[1] + 1, dtype=torch.long)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            for i in range(steps):
-                kwargs = {"attention_mask": mask} if not name.startswith("llama") else {
-                    "cache_position": torch.tensor([ids.shape[1] + i])}
-                out = model(last, past_key_values=cache, use_cache=True, **kwargs)
-                last = out.logits[:, -1:].argmax(-1)
-                mask = torch.cat((mask, mask[:, :1]), dim=1)
+    cache, sequences = out.past_key_values, out.sequences
+    last, seen = sequences[:, -1:], sequences.shape[1] - 1
+    mask = torch.ones(sequences.shape[0], seen + 1, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        for i in range(steps):
+            kwargs = {"cache_position": torch.tensor([seen + i])} if name.startswith("llama") else {}
+            logits = model(last, attention_mask=mask, past_key_values=cache, use_cache=True, **kwargs).logits
+            last = logits[:, -1:].argmax(-1)
+            mask = torch.cat((mask, mask[:, :1]), dim=1)
     return counter.get_total_flops() / steps
 
 
@@ -176,19 +169,19 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps):
             with setting():
                 counter = GlobalRuns(model) if not name.startswith("llama") else None
                 try:
-                    step, cache, rss, prefill = timed_generate(model, name, ids, new)
+                    step, out, rss, prefill = timed_generate(model, name, ids, new, flop_steps)
                 finally:
                     if counter is not None:
                         counter.close()
-            if name not in best or step < best[name]["step"]:
-                best[name] = {"step": step, "cache": cache_bytes(cache), "rss": rss, "prefill": prefill,
-                              "counter": counter}
-            del cache
+                if name not in best or step < best[name]["step"]:
+                    flops = flops_per_step(model, name, out, flop_steps) if flop_steps else None
+                    best[name] = {"step": step, "cache": cache_bytes(out.past_key_values), "rss": rss,
+                                  "prefill": prefill, "counter": counter, "flops": flops}
+            del out
     rows = []
-    for name, (model, setting) in models.items():
+    for name, (model, _) in models.items():
         found = best[name]
-        with setting():
-            flops = flops_per_step(model, name, ids, min(flop_steps, new)) if flop_steps else None
+        flops = found["flops"]
         fractions = found["counter"].fractions() if found["counter"] is not None else {}
         weights = weight_mb(model, name, fractions.get("global_step_fraction", 1.0))
         row = {
