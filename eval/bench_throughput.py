@@ -11,7 +11,8 @@ Reported per run: bytes/s and ms per decoding step (mean time between generate()
 `--repeats`), decode-cache MB per row (the buffers held at the end), peak RSS above the start of the run, matmul
 FLOPs per step (torch's FlopCounterMode over `--flop-steps` greedy steps continuing the same prompt) and the
 GFLOP/s they run at against the machine's measured fp32 matmul peak, weight + cache MB read per step (estimated from
-parameter and cache sizes), and for the BLT rows the fraction of decoding steps, and of rows x steps, on which the
+parameter and cache sizes) and the step time that streaming them once at the measured copy bandwidth would take,
+and for the BLT rows the fraction of decoding steps, and of rows x steps, on which the
 global transformer ran. The header records torch.get_num_threads() and the load average.
 
     python eval/bench_throughput.py                      # the issue's grid (hours on 2 CPU cores)
@@ -94,6 +95,29 @@ class GlobalRuns:
                 "global_row_fraction": round(self.rows / max(self.batch_rows, 1), 3)}
 
 
+def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
+    """Measured memory bandwidth (GB/s read + written) of a large tensor copy: what bounds a decoding step that
+    streams weights and caches."""
+    source = torch.ones(megabytes * 2**18)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def cache_read_bytes(cache, global_row_fraction) -> int:
+    """Cache bytes one decoding step reads: the BLT's window caches and open-patch states whole, its global cache
+    for the rows that ran it; a transformers cache whole (a static cache attends over all its slots)."""
+    if hasattr(cache, "memory_bytes"):
+        parts = cache.memory_bytes()
+        return sum(parts.values()) - parts["global"] + parts["global"] * global_row_fraction
+    return cache_bytes(cache)
+
+
 def cache_bytes(cache) -> int:
     """Bytes held by a decode cache: BLTCache.memory_bytes, or a transformers cache's key/value tensors."""
     if hasattr(cache, "memory_bytes"):
@@ -160,7 +184,7 @@ def weight_mb(model, name, global_step_fraction):
     return local_mb + global_mb * global_step_fraction
 
 
-def run_cell(models, batch, prompt, new, text, repeats, flop_steps):
+def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth):
     """One grid cell: every model in turn, `repeats` rounds (best step time kept)."""
     ids = byte_rows(text, batch, prompt)
     best = {}
@@ -175,8 +199,10 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps):
                         counter.close()
                 if name not in best or step < best[name]["step"]:
                     flops = flops_per_step(model, name, out, flop_steps) if flop_steps else None
+                    rows = counter.fractions()["global_row_fraction"] if counter is not None else 1.0
                     best[name] = {"step": step, "cache": cache_bytes(out.past_key_values), "rss": rss,
-                                  "prefill": prefill, "counter": counter, "flops": flops}
+                                  "read": cache_read_bytes(out.past_key_values, rows), "prefill": prefill,
+                                  "counter": counter, "flops": flops}
             del out
     rows = []
     for name, (model, _) in models.items():
@@ -191,9 +217,11 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps):
             "prefill_s": round(found["prefill"], 2),
             "cache_mb_per_row": round(found["cache"] / batch / 2**20, 2),
             "peak_rss_extra_mb": round(found["rss"], 1),
-            "weight_plus_cache_mb_per_step": round(weights + found["cache"] / 2**20, 1),
+            "read_mb_per_step": round(weights + found["read"] / 2**20, 1),
             **fractions,
         }
+        # the fastest a step can be if it only streamed its weights and cache once at the measured bandwidth
+        row["bandwidth_bound_ms_per_step"] = round(row["read_mb_per_step"] * 2**20 / (bandwidth * 1e9) * 1e3, 2)
         if flops is not None:
             row["mflop_per_byte"] = round(flops / batch / 1e6, 2)
             row["gflop_per_s"] = round(flops / found["step"] / 1e9, 2)
@@ -240,7 +268,7 @@ def main():
     args.block_patch_sizes = [int(s) for s in args.block_patch_sizes.split(",") if s]
     torch.set_num_threads(args.threads)
     header = {**machine_header(), "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-    peak = matmul_gflops()
+    peak, bandwidth = matmul_gflops(), memory_gbps()
     models = build_models(args)
     text = license_text()
 
@@ -253,7 +281,7 @@ def main():
     for batch, prompt, new in cells:
         cell_models = {name: entry for name, entry in models.items()
                        if name != "llama_dynamic" or batch <= args.dynamic_max_batch}
-        cell_rows = run_cell(cell_models, batch, prompt, new, text, args.repeats, args.flop_steps)
+        cell_rows = run_cell(cell_models, batch, prompt, new, text, args.repeats, args.flop_steps, bandwidth)
         for row in cell_rows:
             if "gflop_per_s" in row:
                 row["fraction_of_peak"] = round(row["gflop_per_s"] / peak, 3)
@@ -265,17 +293,17 @@ def main():
 
         shipped = BLTForCausalLM.from_pretrained(REPO / "models" / "blt-hf-small-en").eval()
         rows.extend(run_cell({"shipped_entropy": (shipped, contextlib.nullcontext)}, 8, 128, 64, text, args.repeats,
-                             args.flop_steps))
+                             args.flop_steps, bandwidth))
 
     columns = ["model", "batch", "prompt", "new", "bytes_per_s", "ms_per_step", "prefill_s", "cache_mb_per_row",
                "peak_rss_extra_mb", "mflop_per_byte", "gflop_per_s", "fraction_of_peak",
-               "weight_plus_cache_mb_per_step", "global_step_fraction", "global_row_fraction"]
+               "read_mb_per_step", "bandwidth_bound_ms_per_step", "global_step_fraction", "global_row_fraction"]
     print_table(rows, columns)
     ratios = summary_ratios(rows)
     for key, value in ratios.items():
         print(f"{key}: {value}")
     emit({"benchmark": "throughput", **header, "load_average_end": os.getloadavg(),
-          "matmul_peak_gflops": round(peak, 1), "rows": rows, "ratios": ratios,
+          "matmul_peak_gflops": round(peak, 1), "memory_gbps": round(bandwidth, 1), "rows": rows, "ratios": ratios,
           "targets": {"entropy_batch32_vs_batch1_at_2048": 12, "cache_per_row_vs_llama_at_2048_max": 0.5,
                       "entropy_vs_llama_static_batch32_2048": 2.5, "block_vs_llama_static_batch32_2048": 4,
                       "block_vs_llama_static_8192": 8}})
