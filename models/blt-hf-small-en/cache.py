@@ -2,7 +2,7 @@
 
 * `SlidingWindowCache` keeps, per layer, the keys/values of the last `window - 1` positions (patcher, local encoder,
   local decoder): per-byte work is O(window) however long the text grows, and so is its memory (its buffers shrink
-  to the window, or to one patch for the patch-local decoder, at the first decoding step after a prefill).
+  to the window, or to one patch for the patch-local decoder, right after a prefill).
 * `PatchKVCache` keeps the global transformer's keys/values, one entry per closed patch, ragged across rows;
   `PatchKVRows` is a view of some of its rows (a decoding step runs the global model only on the rows closing a
   patch).
@@ -23,10 +23,10 @@ class SlidingWindowCache:
 
     Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
     free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
-    is moved to the front (an O(window) copy every `slack` steps). A call of n positions gets capacity
-    `bound + max(n, slack)`, where bound is the most positions alive between calls (window - 1, or `span_limit`:
-    the patch-local decoder sees only its patch); so the buffers of a long prefill shrink to the window at the next
-    decoding step, and the prompt's length never sets the memory held while decoding. fast_decoding: whether
+    is moved to the front, in place (an O(window) copy every `slack` steps). A call of n positions gets capacity
+    `min(bound, 2 * live) + max(n, slack)`, where bound is the most positions alive between calls (window - 1, or
+    `span_limit`: the patch-local decoder sees only its patch); `trim` shrinks the buffers of a prefill to that
+    right after it, so the prompt's length never sets the memory held while decoding. fast_decoding: whether
     one-byte steps continuing it may take the shortcuts of `decoding.py` and the unmasked attention step
     (`BLTConfig.fast_decoding`).
     """
