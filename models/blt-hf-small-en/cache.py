@@ -185,11 +185,11 @@ class PatchKVCache:
         self.max_length = 0  # host copy of lengths.max()
 
     def _grown(self, buffer, new, needed):
-        """buffer (or None) with room for `needed` patches per row, growing by a quarter at a time (the memory held
-        stays within 1.25x the patches); new [*, Hkv, *, D] gives the shape."""
+        """buffer (or None) with room for `needed` patches per row, grown to 1.25x what is needed (the memory held
+        stays within 1.25x the patches, and a quarter more patches fit before the next copy); new [*, Hkv, *, D]
+        gives the shape."""
         if buffer is None or buffer.shape[2] < needed:
-            current = 0 if buffer is None else buffer.shape[2]
-            capacity = max(needed, current + current // 4, 16)
+            capacity = max(needed + needed // 4, 16)
             grown = new.new_zeros(self.lengths.shape[0], new.shape[1], capacity, new.shape[3])
             if buffer is not None:
                 grown[:, :, : buffer.shape[2]] = buffer
