@@ -17,6 +17,7 @@ RUNS = {
                            "--repeats", "1"],
                           {"contexts", "batched", "time_per_byte_growth_last_vs_first"}),
     "bench_train.py": (["--shapes", "1x128", "--steps", "1"], {"results", "matmul_peak_gflops"}),
+    "bench_throughput.py": (["--quick"], {"rows", "ratios", "matmul_peak_gflops", "load_average"}),
 }
 
 

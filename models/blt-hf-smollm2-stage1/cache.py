@@ -1,8 +1,11 @@
 """One cache for incremental BLT generation, carried through `generate()` as `past_key_values`.
 
 * `SlidingWindowCache` keeps, per layer, the keys/values of the last `window - 1` positions (patcher, local encoder,
-  local decoder): per-byte work is O(window) however long the text grows.
-* `PatchKVCache` keeps the global transformer's keys/values, one entry per closed patch, ragged across rows.
+  local decoder): per-byte work is O(window) however long the text grows, and so is its memory (its buffers shrink
+  to the window, or to one patch for the patch-local decoder, right after a prefill).
+* `PatchKVCache` keeps the global transformer's keys/values, one entry per closed patch, ragged across rows;
+  `PatchKVRows` is a view of some of its rows (a decoding step runs the global model only on the rows closing a
+  patch).
 * `BLTCache` bundles them with the streaming state that is not K/V: the patching rule's state, the encoder states
   of the still-open patch, the decoder's current patch slots and the last bytes for the hash n-grams. Its state
   changes are its own methods: `advance` takes in a chunk the model has run.
@@ -20,13 +23,18 @@ class SlidingWindowCache:
 
     Stored in preallocated buffers [B, Hkv, capacity, D] with a shared [start, end) span; appending is a write into
     free space and attending reads a view, so a decoding step copies nothing. When the buffer is full the live span
-    is moved to the front (an O(window) copy every O(window) steps). fast_decoding: whether one-byte steps continuing
-    it may take the shortcuts of `decoding.py` and the unmasked attention step (`BLTConfig.fast_decoding`).
+    is moved to the front, in place (an O(window) copy every `slack` steps). A call of n positions gets capacity
+    `min(bound, 2 * live) + max(n, slack)`, where bound is the most positions alive between calls (window - 1, or
+    `span_limit`: the patch-local decoder sees only its patch); `trim` shrinks the buffers of a prefill to that
+    right after it, so the prompt's length never sets the memory held while decoding. fast_decoding: whether
+    one-byte steps continuing it may take the shortcuts of `decoding.py` and the unmasked attention step
+    (`BLTConfig.fast_decoding`).
     """
 
-    def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True):
+    def __init__(self, num_layers: int, window: int | None, fast_decoding: bool = True, span_limit: int | None = None):
         self.window, self.fast_decoding = window, fast_decoding
         self.keep = None if window is None else window - 1
+        self.span_limit = span_limit  # positions alive between calls never exceed it (None: the window bounds)
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self._valid: torch.Tensor | None = None  # [B, capacity] False for padding
@@ -58,17 +66,22 @@ class SlidingWindowCache:
         return None if self._valid is None else self._valid[:, self.start : self.end]
 
     def _relocate(self, capacity: int) -> None:
-        """Move the live span to the front of (possibly larger) buffers."""
-        span = slice(self.start, self.end)
-        live = self.end - self.start
+        """Move the live span to the front of the buffers: in place at the same capacity (in pieces that do not
+        overlap, so that a decoding run allocates nothing), else into new buffers of `capacity`."""
+        start, live = self.start, self.end - self.start
 
         def moved(buffer, dim):
             if buffer is None:
                 return None
+            if buffer.shape[dim] == capacity and start > 0:
+                for begin in range(0, live, start):
+                    size = min(start, live - begin)
+                    buffer.narrow(dim, begin, size).copy_(buffer.narrow(dim, start + begin, size))
+                return buffer
             shape = list(buffer.shape)
             shape[dim] = capacity
             fresh = buffer.new_zeros(shape)
-            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, span.start, live))
+            fresh.narrow(dim, 0, live).copy_(buffer.narrow(dim, start, live))
             return fresh
 
         self.keys = [moved(k, 2) for k in self.keys]
@@ -76,23 +89,57 @@ class SlidingWindowCache:
         self._valid, self._segments = moved(self._valid, 1), moved(self._segments, 1)
         self.start, self.end = 0, live
 
+    @property
+    def bound(self) -> int | None:
+        """Most positions alive between calls (None: unbounded)."""
+        limits = [limit for limit in (self.keep, self.span_limit) if limit is not None]
+        return min(limits) if limits else None
+
+    @property
+    def capacity(self) -> int:
+        """Positions the buffers hold (live or free)."""
+        return 0 if self._valid is None else self._valid.shape[1]
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (keys, values, validity, segments)."""
+        tensors = [*self.keys, *self.values, self._valid, self._segments]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _capacity_for(self, n: int, live: int) -> int:
+        """Capacity for calls of n positions under a bound: min(bound, 2 * live) (growing geometrically up to the
+        bound) plus room for max(n, slack) positions, slack = max(16, bound / 8) steps between moves of the live
+        span; never less than live + n (a span beyond the bound: patch lengths given by hand)."""
+        bound = self.bound
+        return max(min(bound, 2 * live) + max(n, 16, bound // 8), live + n)
+
+    def trim(self) -> None:
+        """Shrink the buffers to what decoding steps need (after a prefill): at most `bound` plus slack."""
+        self._commit()
+        if self.bound is not None and self._valid is not None:
+            target = self._capacity_for(1, self.end - self.start)
+            if self.capacity > target:
+                self._relocate(target)
+
     def begin(self, new_valid: torch.Tensor, new_segments: torch.Tensor | None):
         """Start a call that appends n positions: returns (cached length, key validity, key segments) over
         cached + new positions."""
         self._commit()
         n = new_valid.shape[1]
-        capacity = 0 if self._valid is None else self._valid.shape[1]
-        if self.end + n > capacity:
-            live = self.end - self.start
-            needed = live + n
-            # windowed: room for two windows, so relocations are rare; unbounded: grow geometrically
-            new_capacity = max(2 * (self.keep + n), needed) if self.keep is not None else max(2 * capacity, needed, 64)
+        capacity = self.capacity
+        live = self.end - self.start
+        bound = self.bound
+        # bounded: room for `slack` more calls of n positions before the live span moves; unbounded: grow
+        # geometrically. A span beyond the bound (patch lengths given by hand) still fits.
+        target = None if bound is None else self._capacity_for(n, live)
+        largest = None if bound is None else self._capacity_for(n, bound)
+        if self.end + n > capacity or (largest is not None and capacity > max(largest, live + n)):
+            new_capacity = target if target is not None else max(2 * capacity, live + n, 64)
             if self._valid is None:
                 self._valid = new_valid.new_zeros(new_valid.shape[0], new_capacity)
                 if new_segments is not None:
                     self._segments = new_segments.new_zeros(new_segments.shape[0], new_capacity)
             else:
-                self._relocate(capacity if needed <= capacity else new_capacity)
+                self._relocate(capacity if target is None and live + n <= capacity else new_capacity)
         if new_segments is not None and self._segments is None:
             self._segments = new_segments.new_zeros(self._valid.shape)
         self._valid[:, self.end : self.end + n] = new_valid
@@ -157,15 +204,21 @@ class PatchKVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_length = 0  # host copy of lengths.max()
 
-    def _write(self, buffer, new, new_counts):
-        batch, heads, num_new, dim = new.shape
-        needed = self.max_length + num_new
+    def _grown(self, buffer, new, needed):
+        """buffer (or None) with room for `needed` patches per row, grown to 1.25x what is needed (the memory held
+        stays within 1.25x the patches, and a quarter more patches fit before the next copy); new [*, Hkv, *, D]
+        gives the shape."""
         if buffer is None or buffer.shape[2] < needed:
-            capacity = max(needed, 2 * (0 if buffer is None else buffer.shape[2]), 16)
-            grown = new.new_zeros(batch, heads, capacity, dim)
+            capacity = max(needed + needed // 4, 16)
+            grown = new.new_zeros(self.lengths.shape[0], new.shape[1], capacity, new.shape[3])
             if buffer is not None:
                 grown[:, :, : buffer.shape[2]] = buffer
             buffer = grown
+        return buffer
+
+    def _write(self, buffer, new, new_counts):
+        batch, heads, num_new, dim = new.shape
+        buffer = self._grown(buffer, new, self.max_length + num_new)
         slot = torch.arange(num_new, device=new.device)[None]
         write = slot < new_counts[:, None]
         rows = torch.arange(batch, device=new.device)[:, None].expand(-1, num_new)[write]
@@ -203,6 +256,47 @@ class PatchKVCache:
         self.lengths = self.lengths.index_select(0, index)
         self.max_length = int(self.lengths.max()) if self.lengths.numel() else 0
 
+    def rows(self, index: torch.Tensor) -> PatchKVRows:
+        """A view of rows `index` [k] that each add one patch (for `PatchAttentionPlan`)."""
+        return PatchKVRows(self, index)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+
+class PatchKVRows:
+    """Rows `index` [k] of a `PatchKVCache`, each adding one patch: the global transformer runs on these rows only
+    (a decoding step's rows that close a patch), reading and writing the parent's buffers at their own lengths."""
+
+    def __init__(self, parent: PatchKVCache, index: torch.Tensor):
+        self.parent, self.index = parent, index
+        self.lengths = parent.lengths.index_select(0, index)
+        self.max_length = int(self.lengths.max()) if index.numel() else 0
+
+    def _write(self, buffers, layer_idx, new):
+        buffer = buffers[layer_idx] = self.parent._grown(buffers[layer_idx], new, self.parent.max_length + 1)
+        buffer.transpose(1, 2)[self.index, self.lengths] = new[:, :, 0]
+        return buffer[:, :, : self.max_length + 1].index_select(0, self.index)
+
+    def update(self, layer_idx, keys, values, new_counts):
+        """keys/values [k, Hkv, 1, D] -> the rows' keys/values [k, Hkv, max_length + 1, D] (new_counts: all 1)."""
+        parent = self.parent
+        return self._write(parent.keys, layer_idx, keys), self._write(parent.values, layer_idx, values)
+
+    def advance(self, new_counts: torch.Tensor) -> None:
+        self.parent.advance(torch.zeros_like(self.parent.lengths).index_add_(0, self.index, new_counts))
+
+
+def longest_patch(config) -> int | None:
+    """The most bytes a patch can hold under the config's patching rule (None: no bound)."""
+    limits = [config.max_patch_length]
+    if config.patching_mode == "static":
+        limits.append(config.patch_size)
+    elif config.patching_mode == "byte":
+        limits.append(1)
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
 
 def select_patch(patch_kv, patch_index: torch.Tensor):
     """Per decoder cross layer, keys/values [B, P, ...] -> [B, 1, ...] at patch_index [B] (or [B, 1])."""
@@ -235,7 +329,9 @@ class BLTCache:
         )
         self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
         self.global_ = PatchKVCache(config.global_config.num_hidden_layers, batch_size, device)
-        self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding)
+        # the patch-local decoder sees only the bytes read from one patch: at most the longest patch
+        span = longest_patch(config) if decoder.patch_local_attention else None
+        self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding, span)
         self.patching = PatchingState.initial(batch_size, device)
         history = max(config.encoder_hash_byte_group_size) - 1
         if config.vocab_embedding_rows:
@@ -269,11 +365,29 @@ class BLTCache:
             "open_patch": 0 if self.open_patch_valid is None else self.open_patch_valid.shape[1],
         }
 
-    def with_open_patch(self, cross_states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per encoder cross layer, [the still-open patch's earlier states, this chunk's states]: [B, o + n, d]."""
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per part of the cache: the window caches' buffers, the global patch cache, the rest (open
+        patch states, the decoder's current patch and its readouts, streaming state)."""
+        small = [*(self.open_patch_states or []), *(t for kv in self.current_patch_kv or [] for t in kv),
+                 *(t for readout in self.current_patch_readouts or [] for t in readout[:2])]
+        return {
+            "patcher": self.patcher.nbytes() if self.patcher is not None else 0,
+            "encoder": self.encoder.nbytes(),
+            "decoder": self.decoder.nbytes(),
+            "global": self.global_.nbytes(),
+            "patch_states": sum(t.numel() * t.element_size() for t in small),
+        }
+
+    def with_open_patch(self, cross_states: list[torch.Tensor], rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per encoder cross layer, [the still-open patch's earlier states, this chunk's states]: [B, o + n, d]
+        (only rows `rows` [k] when given)."""
+        if rows is not None:
+            cross_states = [s.index_select(0, rows) for s in cross_states]
         if self.open_patch_states is None:
             return list(cross_states)
-        return [torch.cat((o, s), dim=1) for o, s in zip(self.open_patch_states, cross_states, strict=True)]
+        open_states = self.open_patch_states if rows is None else [o.index_select(0, rows)
+                                                                   for o in self.open_patch_states]
+        return [torch.cat((o, s), dim=1) for o, s in zip(open_states, cross_states, strict=True)]
 
     # ---------------------------------------------------------------- rollback (speculative decoding)
     _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
@@ -381,6 +495,10 @@ class BLTCache:
         if ids.shape[1] > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
             self.continuable = False  # right padding: a row's next bytes would not follow its last real one
         self.seen_tokens += ids.shape[1]
+        if ids.shape[1] > 1:  # after a prefill (chunk), the window caches shrink to what decoding needs
+            for window_cache in (self.patcher, self.encoder, self.decoder):
+                if window_cache is not None:
+                    window_cache.trim()
         self.num_bytes = num_bytes
         history = torch.cat((self.byte_history, ids), dim=1)
         self.byte_history = history[:, history.shape[1] - self.byte_history.shape[1] :]

@@ -230,8 +230,9 @@ class BLTModel(BLTPreTrainedModel):
             embeddings, positions, encoder_plan, output_hidden_states
         )
 
-        # 3. patches closed in this chunk -> global transformer
+        # 3. patches closed in this chunk -> global transformer (in a decoding step, only on the rows closing one)
         global_hidden, new_patch_kv = None, None
+        closing_rows = None
         if patch_states is not None:
             if cache is not None or patch_states.shape[:1] != (batch,) or patch_states.shape[1] < patches.num_new:
                 raise ValueError(
@@ -241,19 +242,26 @@ class BLTModel(BLTPreTrainedModel):
             if patches.num_new > 0:
                 new_patch_kv = self.local_decoder.patch_keys_values(patch_states[:, : patches.num_new])
         elif patches.num_new > 0:
+            closing_rows = None if output_hidden_states else self._closing_rows(patches, cache)
             states, open_valid = cross_states, None
             if cache is not None:
-                states, open_valid = cache.with_open_patch(cross_states), cache.open_patch_valid
-            patch_vectors = self.local_encoder.encode_patches(
-                states, patches.encoder_byte_patch(open_valid), patches.num_new
-            )
-            global_plan = PatchAttentionPlan(
-                patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
-                None if documents is None else patches.at_closed_patches(documents),
-            )
+                states, open_valid = cache.with_open_patch(cross_states, closing_rows), cache.open_patch_valid
+            byte_patch = patches.encoder_byte_patch(open_valid)
+            if closing_rows is not None:
+                byte_patch = byte_patch.index_select(0, closing_rows)
+            patch_vectors = self.local_encoder.encode_patches(states, byte_patch, patches.num_new)
+            if closing_rows is not None:  # one patch per row, each at its own position in the global cache
+                global_plan = PatchAttentionPlan(1, torch.ones_like(closing_rows), cache.global_.rows(closing_rows))
+            else:
+                global_plan = PatchAttentionPlan(
+                    patches.num_new, patches.new_patches, cache.global_ if cache is not None else None,
+                    None if documents is None else patches.at_closed_patches(documents),
+                )
             vocab_vectors = None
             if vocab_rows is not None:
                 vocab_vectors = self.encoder_vocab_embedding.embed(patches.at_closed_patches(vocab_rows))
+                if closing_rows is not None:
+                    vocab_vectors = vocab_vectors.index_select(0, closing_rows)
             patch_states, global_hidden = self.global_transformer(
                 patch_vectors, global_plan, output_hidden_states, vocab_vectors
             )
@@ -264,7 +272,7 @@ class BLTModel(BLTPreTrainedModel):
         decoder_plan = LocalAttentionPlan(
             config.decoder_config.sliding_window, valid, segments, cache.decoder if cache is not None else None
         )
-        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states)
+        patch_kv, byte_patch, readouts = self._patches_to_read(cache, new_patch_kv, patches, byte_states, closing_rows)
         hidden, decoder_hidden = self.local_decoder(
             byte_states, positions, decoder_plan, patch_kv, byte_patch, output_hidden_states, readouts
         )
@@ -378,10 +386,35 @@ class BLTModel(BLTPreTrainedModel):
             )
         return starts, next_starts, pending_start
 
-    def _patches_to_read(self, cache, new_patch_kv, patches: ChunkPatches, byte_states):
+    @staticmethod
+    def _closing_rows(patches: ChunkPatches, cache) -> torch.Tensor | None:
+        """In a decoding step where some rows but not all close a patch, those rows [k]; else None (dense path)."""
+        if cache is None or cache.current_patch_kv is None or patches.valid.shape[1] != 1:
+            return None
+        rows = patches.closes[:, 0].nonzero().flatten()
+        return rows if rows.numel() < patches.valid.shape[0] else None
+
+    def _patches_to_read(self, cache, new_patch_kv, patches: ChunkPatches, byte_states, closing_rows=None):
         """The decoder's patch table (per cross layer keys/values of [current patch, patches closed now]), the
         patch each byte reads in it, and slot readouts for an eligible one-byte step (else None). A decoding step
-        reads one patch per row: the table is cut to it."""
+        reads one patch per row: the table is cut to it. closing_rows [k]: new_patch_kv holds only these rows'
+        patches (`_closing_rows`); they replace those rows' current patch, and so do their slot readouts."""
+        if closing_rows is not None:
+            patch_kv = [(ck.index_copy(0, closing_rows, nk[:, :1]), cv.index_copy(0, closing_rows, nv[:, :1]))
+                        for (ck, cv), (nk, nv) in zip(cache.current_patch_kv, new_patch_kv, strict=True)]
+            readouts = None
+            if fast_paths_eligible(byte_states, cache):
+                current, new = cache.current_patch_readouts, None
+                if current is not None:
+                    new = slot_readouts(self.local_decoder.cross_attn_layers, new_patch_kv)
+                if new is not None:
+                    readouts = [(score.index_copy(0, closing_rows, new_score),
+                                 out.index_copy(0, closing_rows, new_out), eps, slots)
+                                for (score, out, eps, slots), (new_score, new_out, *_)
+                                in zip(current, new, strict=True)]
+                else:
+                    readouts = slot_readouts(self.local_decoder.cross_attn_layers, patch_kv)
+            return patch_kv, torch.zeros_like(patches.decoder_patch), readouts
         current = cache.current_patch_kv if cache is not None else None
         patch_kv = self.local_decoder.patch_table(current, new_patch_kv, byte_states.shape[0], byte_states.device,
                                                   byte_states.dtype)
@@ -439,7 +472,23 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> BLTCausalLMOutput:
         r"""Next-byte logits [B, n, vocab] (fp32); with `labels`, the causal-LM loss (labels shifted inside,
-        -100 ignored, `num_items_in_batch` honoured). See `BLTModel.forward` for the other arguments."""
+        -100 ignored, `num_items_in_batch` honoured). See `BLTModel.forward` for the other arguments.
+
+        A cached call asking only for the last logits (`logits_to_keep`, as `generate` does) on more bytes than the
+        local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
+        window rather than the prompt."""
+        chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
+                                   position_ids, output_hidden_states, output_patch_lengths)
+        if chunk is not None:
+            cache, length = past_key_values, input_ids.shape[1]
+            offset = attention_mask.shape[1] - length if attention_mask is not None else 0
+            for stop in range(length % chunk or chunk, length + 1, chunk):  # the last chunk is a full one
+                begin = max(stop - chunk, 0)
+                mask = attention_mask[:, offset + begin : offset + stop] if attention_mask is not None else None
+                result = self(input_ids[:, begin:stop], attention_mask=mask, past_key_values=cache, use_cache=True,
+                              logits_to_keep=logits_to_keep if stop == length else 1)
+                cache = result.past_key_values
+            return result
         outputs = self.model(
             input_ids=input_ids,
             patch_lengths=patch_lengths,
@@ -522,6 +571,25 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                     "the prompt does not continue the bytes past_key_values has seen: pass the sequence the cache "
                     "was built on plus new bytes, or a fresh cache"
                 )
+
+    def prefill_chunk(self, input_ids, past_key_values, use_cache, logits_to_keep, labels=None, patch_lengths=None,
+                      position_ids=None, output_hidden_states=None, output_patch_lengths=False) -> int | None:
+        """Chunk size for a cached call that needs only its last `logits_to_keep` logits, when it is longer than
+        the chunk: the largest local window (None: run in one piece)."""
+        config = self.config
+        if (labels is not None or patch_lengths is not None or position_ids is not None or output_hidden_states
+                or output_patch_lengths or input_ids is None or not isinstance(logits_to_keep, int)
+                or logits_to_keep < 1):
+            return None
+        if use_cache is False or (past_key_values is None and not (use_cache or config.use_cache) or self.training):
+            return None
+        windows = [config.encoder_config.sliding_window, config.decoder_config.sliding_window]
+        if self.model.patcher is not None and config.patching_mode in ("entropy", "boundary"):
+            windows.append(config.patcher_config.sliding_window)
+        if any(window is None for window in windows):
+            return None
+        chunk = max(windows)
+        return chunk if input_ids.shape[1] > chunk and logits_to_keep <= chunk else None
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """generate() refuses up front an empty prompt, and a prompt plus `max_new_tokens` longer than
