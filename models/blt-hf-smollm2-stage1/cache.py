@@ -42,6 +42,7 @@ class SlidingWindowCache:
         self.start = self.end = 0  # live span of the buffers
         self._pending = 0  # positions written by the current call, committed at the next `begin`
         self.step_weights: dict[int, tuple | None] = {}  # per layer: `decoding.fuse_step_weights`
+        self.snapshotted = False  # once a snapshot exists, the live span moves into new buffers, never in place
 
     def _commit(self) -> None:
         if self._pending:
@@ -67,13 +68,14 @@ class SlidingWindowCache:
 
     def _relocate(self, capacity: int) -> None:
         """Move the live span to the front of the buffers: in place at the same capacity (in pieces that do not
-        overlap, so that a decoding run allocates nothing), else into new buffers of `capacity`."""
+        overlap, so that a decoding run allocates nothing) unless a snapshot may still read the old positions, else
+        into new buffers of `capacity`."""
         start, live = self.start, self.end - self.start
 
         def moved(buffer, dim):
             if buffer is None:
                 return None
-            if buffer.shape[dim] == capacity and start > 0:
+            if buffer.shape[dim] == capacity and start > 0 and not self.snapshotted:
                 for begin in range(0, live, start):
                     size = min(start, live - begin)
                     buffer.narrow(dim, begin, size).copy_(buffer.narrow(dim, start + begin, size))
@@ -113,9 +115,10 @@ class SlidingWindowCache:
         return max(min(bound, 2 * live) + max(n, 16, bound // 8), live + n)
 
     def trim(self) -> None:
-        """Shrink the buffers to what decoding steps need (after a prefill): at most `bound` plus slack."""
+        """Shrink the buffers to what decoding steps need (after a prefill): at most `bound` plus slack. Not once
+        snapshotted: a rollback may still need the positions before the live span."""
         self._commit()
-        if self.bound is not None and self._valid is not None:
+        if self.bound is not None and self._valid is not None and not self.snapshotted:
             target = self._capacity_for(1, self.end - self.start)
             if self.capacity > target:
                 self._relocate(target)
@@ -167,8 +170,10 @@ class SlidingWindowCache:
 
     def snapshot(self) -> tuple:
         """The live span and the buffers holding it. Appending writes only past `end` and relocating makes new
-        buffers, so `restore` of this is exact after any later calls (`BLTCache.snapshot`)."""
+        buffers (from now on: `snapshotted`), so `restore` of this is exact after any later calls
+        (`BLTCache.snapshot`)."""
         self._commit()
+        self.snapshotted = True
         return list(self.keys), list(self.values), self._valid, self._segments, self.start, self.end
 
     def restore(self, snapshot: tuple) -> None:
