@@ -382,12 +382,19 @@ def stage_card() -> None:
     the remote code imports; modules it no longer imports are removed), after editing either; the weights stay."""
     write_model_card(SHIPPED)
     needed = remote_code_modules()
-    for stale in SHIPPED.glob("*.py"):
-        if stale.name not in needed:
-            stale.unlink()
-    for name in needed:
-        shutil.copyfile(REPO / "src" / "blt_hf" / name, SHIPPED / name)
-    log(f"model card and remote code refreshed in {SHIPPED}")
+    for folder in remote_code_folders():
+        for stale in folder.glob("*.py"):
+            if stale.name not in needed:
+                stale.unlink()
+        for name in needed:
+            shutil.copyfile(REPO / "src" / "blt_hf" / name, folder / name)
+        log(f"remote code refreshed in {folder}")
+    log(f"model card refreshed in {SHIPPED}")
+
+
+def remote_code_folders() -> list[Path]:
+    """Every folder under models/ that carries the model's code (the shipped model, byte-ified deltas)."""
+    return sorted(p.parent for p in (REPO / "models").glob("*/modeling_blt_hf.py"))
 
 
 def stage_ship() -> None:

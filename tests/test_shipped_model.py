@@ -85,10 +85,13 @@ def test_demo_sample_is_cut_at_the_last_word_boundary():
 
 def test_shipped_remote_code_is_the_current_package_code():
     # trust_remote_code users run these copies: they must be what blt_hf runs (refresh: train_shipped_model --only card)
-    modules = sorted(SHIPPED.glob("*.py"))
-    assert {"modeling_blt_hf.py", "configuration_blt_hf.py", "tokenization_blt_hf.py"} <= {m.name for m in modules}
-    stale = [m.name for m in modules if m.read_text() != (REPO / "src" / "blt_hf" / m.name).read_text()]
-    assert not stale, f"stale remote code in {SHIPPED}: {stale}; run scripts/train_shipped_model.py --only card"
+    folders = sorted(p.parent for p in (REPO / "models").glob("*/config.json"))
+    assert SHIPPED in folders and len(folders) >= 2  # the shipped model and the byte-ified SmolLM2 delta
+    for folder in folders:
+        modules = sorted(folder.glob("*.py"))
+        assert {"modeling_blt_hf.py", "configuration_blt_hf.py", "tokenization_blt_hf.py"} <= {m.name for m in modules}
+        stale = [m.name for m in modules if m.read_text() != (REPO / "src" / "blt_hf" / m.name).read_text()]
+        assert not stale, f"stale remote code in {folder}: {stale}; run scripts/train_shipped_model.py --only card"
     card = (SHIPPED / "README.md").read_text()
     figure = "eval/results/shipped/bpb_vs_training_flops.png"
     assert card == (REPO / "MODEL_CARD.md").read_text().replace(figure, Path(figure).name)

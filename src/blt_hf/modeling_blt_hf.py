@@ -218,11 +218,10 @@ class BLTModel(BLTPreTrainedModel):
         embeddings = self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(
             ids, hash_history, documents
         )
-        vocab_rows = begins = None
+        begins = None  # where each byte's patch began: bounds the vocabulary tokens looked up inside it
         if self.encoder_vocab_embedding is not None:
             begun = cache.open_patch_begin if cache is not None else torch.zeros_like(num_bytes)
             begins = patch_begins(patches.starts, positions, begun)
-            vocab_rows = self.encoder_vocab_embedding.lookup(ids, history, positions - begins + 1)
         encoder_plan = LocalAttentionPlan(
             config.encoder_config.sliding_window, valid, documents, cache.encoder if cache is not None else None
         )
@@ -258,7 +257,8 @@ class BLTModel(BLTPreTrainedModel):
                     None if documents is None else patches.at_closed_patches(documents),
                 )
             vocab_vectors = None
-            if vocab_rows is not None:
+            if begins is not None:  # only when patches close (most decoding steps skip the lookup)
+                vocab_rows = self.encoder_vocab_embedding.lookup(ids, history, positions - begins + 1)
                 vocab_vectors = self.encoder_vocab_embedding.embed(patches.at_closed_patches(vocab_rows))
                 if closing_rows is not None:
                     vocab_vectors = vocab_vectors.index_select(0, closing_rows)
