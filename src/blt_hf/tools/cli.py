@@ -212,6 +212,10 @@ def run(argv: list[str]) -> int:
     byteify.add_argument("--eval-windows", type=positive_int, default=32)
     byteify.add_argument("--local-hidden-size", type=positive_int, default=256)
     byteify.add_argument("--decoder-layers", type=positive_int, default=4)
+    byteify.add_argument("--patching", choices=["auto", "source", "boundary"], default="auto",
+                         help="source: the Llama's own token-end odds cut patches and its next-token distribution "
+                              "spells bytes (token head; Llamas with tied embeddings); boundary: a trained boundary "
+                              "predictor; auto: source when the Llama ties its embeddings")
 
     meta = commands.add_parser("convert-meta", help="convert Meta's released BLT / entropy-model checkpoints")
     meta.add_argument("source", help="official BLT folder (consolidated or Hub layout), or an entropy-model folder")
@@ -276,7 +280,8 @@ def run(argv: list[str]) -> int:
             teacher_windows=args.teacher_windows, tokens_per_window=args.tokens_per_window,
             batch_windows=args.batch_windows, boundary_steps=args.boundary_steps, stage1_steps=args.stage1_steps,
             stage2_steps=args.stage2_steps, learning_rate=args.learning_rate, eval_windows=args.eval_windows,
-            model_options=dict(local_hidden_size=args.local_hidden_size, decoder_layers=args.decoder_layers),
+            model_options=dict(local_hidden_size=args.local_hidden_size, decoder_layers=args.decoder_layers,
+                               patching=args.patching),
         )
         print(json.dumps(byteify(options, log=lambda m: print(m, file=sys.stderr))))
         return 0

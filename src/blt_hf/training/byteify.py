@@ -214,16 +214,23 @@ BOUNDARY_PATCHER = dict(hidden_size=128, num_hidden_layers=2, num_attention_head
 def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int = 256, local_heads: int = 4,
                      encoder_layers: int = 1, decoder_layers: int = 3, window: int = 256,
                      hash_sizes=(3, 4, 5, 6), hash_vocab: int = 8192, max_token_bytes: int = 16,
-                     patcher_config: dict | None = None, max_position_embeddings: int | None = None):
-    """A BLTConfig around a Llama: boundary patching, source vocabulary rows, small local stacks."""
+                     patcher_config: dict | None = None, max_position_embeddings: int | None = None,
+                     token_head: bool = False, token_head_fallback: float = 0.05, patching: str = "boundary"):
+    """A BLTConfig around a Llama: source vocabulary rows, small local stacks, the token head (which spells the
+    Llama's next-token distribution in bytes) if asked, and patches cut by a boundary predictor (`patching=
+    "boundary"`, trained on the tokenizer's token starts) or by the Llama's own token-end odds ("source", needs
+    the token head)."""
     from ..convert.llama import blt_config_for_llama
 
+    if patching not in ("boundary", "source"):
+        raise ValueError(f"patching must be 'boundary' or 'source', got {patching!r}")
+    boundary = patching == "boundary"
     config = blt_config_for_llama(
         llama_config, local_hidden_size=local_hidden_size, local_heads=local_heads, encoder_layers=encoder_layers,
         decoder_layers=decoder_layers, cross_attn_k=2, window=window, hash_sizes=hash_sizes, hash_vocab=hash_vocab,
-        patcher_config=dict(BOUNDARY_PATCHER, **(patcher_config or {})), patching_mode="boundary",
-        patching_threshold=0.0, has_patcher=True, vocab_embedding_rows=vocabulary_rows,
-        vocab_embedding_max_bytes=max_token_bytes,
+        patcher_config=dict(BOUNDARY_PATCHER, **(patcher_config or {})) if boundary else None,
+        patching_mode=patching, patching_threshold=0.0, has_patcher=boundary, vocab_embedding_rows=vocabulary_rows,
+        vocab_embedding_max_bytes=max_token_bytes, token_head=token_head, token_head_fallback=token_head_fallback,
         max_position_embeddings=max_position_embeddings or 4 * llama_config.max_position_embeddings,
     )
     config.global_config.use_input_projection = True
@@ -255,6 +262,14 @@ def byteify_model(llama_folder: str | Path, tokenizer, seed: int = 0, **options)
             f"the tokenizer has {len(vocabulary)} tokens but the checkpoint embeds {embeddings.shape[0]}: "
             "they do not belong together"
         )
+    tied = bool(getattr(llama_config, "tie_word_embeddings", False))
+    if options.get("patching") == "auto":
+        options["patching"] = "source" if tied else "boundary"
+    if options.get("patching") == "source":
+        options["token_head"] = True
+    if options.get("token_head") and not tied:
+        raise ValueError("the token head reads the Llama's embedding rows as its output matrix: it needs a Llama "
+                         "with tied word embeddings (tie_word_embeddings=True)")
     config = byteified_config(llama_config, embeddings.shape[0], **options)
     torch.manual_seed(seed)
     model = BLTForCausalLM(config)
@@ -270,6 +285,9 @@ def byteify_model(llama_folder: str | Path, tokenizer, seed: int = 0, **options)
         table.weight.copy_(embeddings.to(table.weight.dtype))
         token_bytes = vocabulary.token_bytes + [None] * (embeddings.shape[0] - len(vocabulary))
         table.set_vocabulary(token_bytes, start_token_id(tokenizer))
+        if model.model.token_head is not None:
+            model.model.token_head.norm.weight.copy_(state["model.norm.weight"])
+            model.model.token_head.set_vocabulary(token_bytes)
     return model, vocabulary
 
 
@@ -559,9 +577,10 @@ def byteify(options: ByteifyOptions, log=print) -> dict:
                    start, limit=options.teacher_windows, log=log)
     if not shards.shards():
         raise ValueError("the training files gave no text windows (too short, or not UTF-8 text the tokenizer spells)")
-    patcher = model.model.patcher
-    train_stage(patcher, patcher, boundary_loss, ShardStream(shards, vocabulary, options.batch_windows), work,
-                options.boundary_steps, 2 * options.learning_rate, ("",), "boundary", log=log)
+    patcher = model.model.patcher  # the boundary predictor (none in source patching)
+    if patcher is not None:
+        train_stage(patcher, patcher, boundary_loss, ShardStream(shards, vocabulary, options.batch_windows), work,
+                    options.boundary_steps, 2 * options.learning_rate, ("",), "boundary", log=log)
     stream = ShardStream(shards, vocabulary, options.batch_windows)
     train_stage(model, model, stage1_loss, stream, work, options.stage1_steps, options.learning_rate,
                 STAGE1_TRAINABLE, "stage1", log=log)
@@ -570,7 +589,8 @@ def byteify(options: ByteifyOptions, log=print) -> dict:
                     STAGE1_TRAINABLE + ("model.global_transformer.",), "stage2", log=log,
                     rate_scales={"model.global_transformer.": options.global_rate_scale})
     model.requires_grad_(True)
-    model.model.patcher.requires_grad_(False)
+    if patcher is not None:
+        patcher.requires_grad_(False)
     eval_windows = list(text_windows([Path(f).read_bytes() for f in options.eval_files], tokenizer, vocabulary,
                                      options.tokens_per_window))[: options.eval_windows]
     results = evaluate_windows(model, llama, eval_windows, vocabulary, start) if eval_windows else {}

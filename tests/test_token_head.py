@@ -1,0 +1,205 @@
+"""The token head (`BLTTokenHead`) and source patching of byte-ified models.
+
+References are independent of the head's sorted-vocabulary search: next-token probabilities from transformers'
+`LlamaForCausalLM` and the formulas of `token_head.py` evaluated by enumerating the vocabulary in Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from blt_hf import BLTConfig
+from blt_hf.training.byteify import byteify_model, start_token_id, teacher_states, token_lengths, window_bytes
+from tests.test_byteify import DATA, TINY_LOCAL, train_tokenizer
+
+FALLBACK = 0.05
+
+
+@pytest.fixture(scope="module")
+def tied_source(tmp_path_factory):
+    """(folder, tokenizer, llama): a tiny random Llama with tied embeddings and a real BPE tokenizer."""
+    folder = tmp_path_factory.mktemp("tied-llama")
+    tokenizer = train_tokenizer(DATA.read_text())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # a peaked next-token distribution, so that token ends are decisive
+        llama.model.embed_tokens.weight.mul_(8)
+    llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer, llama
+
+
+@pytest.fixture(scope="module")
+def headed(tied_source):
+    folder, tokenizer, _ = tied_source
+    model, vocabulary = byteify_model(folder, tokenizer, token_head=True, **TINY_LOCAL)
+    return model.eval(), vocabulary
+
+
+def spelled_log_probs(token_probs, vocabulary, prefix: bytes, byte_probs, first: bool):
+    """`token_head.py`'s formulas by enumeration: p(next byte) [vocab] before the fallback mix."""
+    spelled = torch.zeros_like(byte_probs)
+    pairs = list(zip(vocabulary.token_bytes, token_probs, strict=True))
+    begins = sum(float(p) for t, p in pairs if t and t.startswith(prefix))
+    ends = sum(float(p) for t, p in pairs if t == prefix)
+    if not first and begins == 0:
+        return byte_probs
+    for token, p in pairs:
+        if token is None:
+            if first:
+                spelled[2] += float(p)  # tokens without bytes end the text
+        elif token.startswith(prefix) and len(token) > len(prefix):
+            spelled[4 + token[len(prefix)]] += float(p) / (1.0 if first else begins)
+    if not first:
+        spelled += ends / begins * byte_probs
+    return spelled
+
+
+def test_token_head_spells_the_llamas_next_token_distribution_in_bytes(tied_source, headed):
+    _, tokenizer, llama = tied_source
+    model, vocabulary = headed
+    text = DATA.read_bytes()[300:420]
+    ids, lengths = token_lengths(tokenizer, vocabulary, text)
+    byte_ids = torch.tensor([window_bytes(ids, vocabulary)])
+    token_ids = torch.tensor([[start_token_id(tokenizer)] + ids])
+    with torch.no_grad():
+        token_probs = torch.softmax(llama(token_ids).logits[0].double(), -1)  # transformers' Llama, final norm, head
+        states = teacher_states(llama, token_ids)
+        out = model(byte_ids, patch_lengths=torch.tensor([[1] + lengths]), patch_states=states)
+        byte_probs = torch.softmax(model.lm_head(model.model(byte_ids, patch_lengths=torch.tensor([[1] + lengths]),
+                                                             patch_states=states).last_hidden_state).double(), -1)
+    log_probs = out.logits[0].double()
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(len(log_probs), dtype=torch.float64), atol=1e-4)
+    position = 1  # byte 0 is BOS; token k's bytes read the Llama's prediction after token k - 1
+    for k, length in enumerate(lengths):
+        token = vocabulary.token_bytes[ids[k]]
+        for j in range(length):
+            reads = position - 1 + j  # the byte predicting this one
+            expected = spelled_log_probs(token_probs[k], vocabulary, token[:j], byte_probs[0, reads], j == 0)
+            expected = ((1 - FALLBACK) * expected + FALLBACK * byte_probs[0, reads]).log()
+            assert torch.allclose(log_probs[reads], expected, atol=2e-4), (k, j)
+        position += length
+
+
+def global_states(model, ids, lengths):
+    """Global outputs [P, d] of the closed patches of `lengths` (teacher-forced, no cache)."""
+    captured = {}
+    handle = model.model.global_transformer.register_forward_hook(
+        lambda module, args, output: captured.update(states=output[0]))
+    try:
+        with torch.no_grad():
+            model.model(ids, patch_lengths=torch.tensor([lengths]), use_cache=False)
+    finally:
+        handle.remove()
+    return captured["states"][0]
+
+
+def reference_source_starts(model, vocabulary, byte_values: list[int], threshold: float) -> list[int]:
+    """Source patching by brute force: after each byte, the global output of the last closed patch (teacher-forced
+    with the patch lengths cut so far), the token-end odds of the open patch's bytes by enumerating the vocabulary,
+    and the rule. Returns the positions (BOS = 0) that start patches."""
+    closed, open_patch, starts = [1], [], [0, 1]
+    for i, value in enumerate(byte_values[:-1]):
+        open_patch.append(value)
+        ids = torch.tensor([[1] + [v + 4 for v in byte_values[: i + 1]]])
+        state = global_states(model, ids, closed + [len(open_patch)])[len(closed) - 1]
+        with torch.no_grad():
+            token_probs = torch.softmax(torch.nn.functional.linear(
+                model.model.token_head.norm(state), model.model.encoder_vocab_embedding.weight).double(), -1)
+        prefix = bytes(open_patch)
+        ends = sum(float(p) for t, p in zip(vocabulary.token_bytes, token_probs, strict=True) if t == prefix)
+        longer = sum(float(p) for t, p in zip(vocabulary.token_bytes, token_probs, strict=True)
+                     if t and t.startswith(prefix) and len(t) > len(prefix))
+        odds = math.inf if longer == 0 else math.log(max(ends, 1e-300)) - math.log(longer)
+        if odds > threshold:
+            closed.append(len(open_patch))
+            open_patch = []
+            starts.append(i + 2)
+    return starts
+
+
+@pytest.fixture
+def source_patched(headed):
+    model, vocabulary = headed
+    model.config.patching_mode, model.config.patching_threshold = "source", 0.0
+    try:
+        yield model, vocabulary
+    finally:
+        model.config.patching_mode = "boundary"
+
+
+def test_source_patching_cuts_where_the_llamas_token_end_odds_say(source_patched):
+    model, vocabulary = source_patched
+    values = list(DATA.read_bytes()[1000:1036])
+    ids = torch.tensor([[1] + [v + 4 for v in values]])
+    expected = reference_source_starts(model, vocabulary, values, 0.0)
+    with torch.no_grad():
+        out = model(ids, output_patch_lengths=True, use_cache=False)
+    lengths = out.patch_lengths[0]
+    starts = (lengths.cumsum(0) - lengths)[lengths > 0].tolist()
+    assert [s for s in starts if s < len(values) + 1] == expected
+    assert 2 < len(expected) < len(values)  # neither one patch nor one byte per patch
+    given = [b - a for a, b in zip(expected, expected[1:] + [len(values) + 1], strict=True)]
+    with torch.no_grad():
+        forced = model(ids, patch_lengths=torch.tensor([given]), use_cache=False).logits
+    assert torch.allclose(out.logits[:, :-1], forced[:, :-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["source", "boundary"])
+def test_token_head_decodes_exactly_with_the_cache(source_patched, mode):
+    """Cached greedy generation == uncached == recomputing each row alone, with left padding."""
+    model, _ = source_patched
+    model.config.patching_mode = mode
+    text = DATA.read_bytes()
+    rows = [[1] + [b + 4 for b in text[:14]], [1] + [b + 4 for b in text[200:208]]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        cached = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None)
+        uncached = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                  use_cache=False)
+        assert torch.equal(cached, uncached)
+        for row, prompt in enumerate(rows):
+            sequence = torch.tensor([prompt])
+            for _ in range(10):
+                logits = model(sequence, use_cache=False).logits[:, -1]
+                sequence = torch.cat((sequence, logits.argmax(-1, keepdim=True)), dim=1)
+            assert cached[row, width - len(prompt) :].tolist() == sequence[0].tolist()
+
+
+def test_token_head_and_source_patching_refuse_configs_and_sources_that_cannot_work(tied_source, tmp_path):
+    with pytest.raises(ValueError, match="token_head"):
+        BLTConfig(patching_mode="source")
+    with pytest.raises(ValueError, match="vocab_embedding_rows"):
+        BLTConfig(token_head=True)
+    with pytest.raises(ValueError, match="token_head_fallback"):
+        BLTConfig(token_head=True, vocab_embedding_rows=8, token_head_fallback=1.0)
+    folder, tokenizer, llama = tied_source
+    untied = tmp_path / "untied"
+    config = LlamaConfig(**{**llama.config.to_dict(), "tie_word_embeddings": False})
+    LlamaForCausalLM(config).save_pretrained(untied)
+    tokenizer.save_pretrained(untied)
+    with pytest.raises(ValueError, match="tied word embeddings"):
+        byteify_model(untied, tokenizer, token_head=True, **TINY_LOCAL)
+
+
+def test_auto_patching_picks_source_patching_for_a_tied_llama_and_the_boundary_predictor_otherwise(tied_source,
+                                                                                                   tmp_path):
+    folder, tokenizer, llama = tied_source
+    model, _ = byteify_model(folder, tokenizer, patching="auto", **TINY_LOCAL)
+    assert model.config.patching_mode == "source" and model.model.token_head is not None
+    assert model.model.patcher is None  # no boundary predictor to train or ship
+    assert torch.equal(model.model.token_head.norm.weight, llama.model.norm.weight)
+    untied = tmp_path / "untied"
+    LlamaForCausalLM(LlamaConfig(**{**llama.config.to_dict(), "tie_word_embeddings": False})).save_pretrained(untied)
+    tokenizer.save_pretrained(untied)
+    model, _ = byteify_model(untied, tokenizer, patching="auto", **TINY_LOCAL)
+    assert model.config.patching_mode == "boundary" and model.model.token_head is None
