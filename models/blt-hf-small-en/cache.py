@@ -348,6 +348,8 @@ class BLTCache:
         self.open_patch_valid: torch.Tensor | None = None  # [B, o]
         self.current_patch_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder cross layer
         self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
+        self.current_patch_state: torch.Tensor | None = None  # [B, 1, d_global]: its global state (token head)
+        self.current_patch_cumulative: torch.Tensor | None = None  # [B, 1, tokens + 1]: its token head table
         self.continuable = True  # False once a row had padding after real bytes (right padding)
         self.open_patch_begin = torch.zeros(batch_size, dtype=torch.long, device=device)  # position it began at
         self.record_past = False  # `activate_past_recording`: calls are recorded so that `crop` can undo them
@@ -374,7 +376,8 @@ class BLTCache:
         """Bytes held per part of the cache: the window caches' buffers, the global patch cache, the rest (open
         patch states, the decoder's current patch and its readouts, streaming state)."""
         small = [*(self.open_patch_states or []), *(t for kv in self.current_patch_kv or [] for t in kv),
-                 *(t for readout in self.current_patch_readouts or [] for t in readout[:2])]
+                 *(t for readout in self.current_patch_readouts or [] for t in readout[:2]),
+                 *(t for t in (self.current_patch_state, self.current_patch_cumulative) if t is not None)]
         return {
             "patcher": self.patcher.nbytes() if self.patcher is not None else 0,
             "encoder": self.encoder.nbytes(),
@@ -396,7 +399,8 @@ class BLTCache:
 
     # ---------------------------------------------------------------- rollback (speculative decoding)
     _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
-              "current_patch_kv", "current_patch_readouts", "continuable", "open_patch_begin")
+              "current_patch_kv", "current_patch_readouts", "current_patch_state", "current_patch_cumulative",
+              "continuable", "open_patch_begin")
 
     def _windows(self) -> dict[str, SlidingWindowCache]:
         caches = {"encoder": self.encoder, "decoder": self.decoder}
@@ -483,17 +487,23 @@ class BLTCache:
             patch_kv = select_patch(patch_kv, prefix.new_patches)
         begins = record["patch_begins"]
         self.advance(ids, self.num_bytes + valid.sum(1), prefix, [s[:, :keep] for s in record["cross_states"]],
-                     patch_kv, patch_begins=None if begins is None else begins[:, :keep])
+                     patch_kv, patch_begins=None if begins is None else begins[:, :keep],
+                     state_table=record["state_table"])
 
     def advance(self, ids, num_bytes, patches: ChunkPatches, cross_states, patch_kv, slot_readouts=None,
-                patch_begins=None) -> None:
+                patch_begins=None, state_table=None) -> None:
         """Take in a chunk the model has run: ids [B, n] (padding as BOE), num_bytes [B] real bytes seen after it,
         its patches, the encoder states each cross-attention read, the decoder's patch table (already one patch per
         row in a one-byte step), the slot readouts made of that patch, if any, and where each byte's patch began
-        (`patching.patch_begins`, when the model tracks it)."""
+        (`patching.patch_begins`, when the model tracks it) and the global states of [current patch, patches closed
+        now] (`BLTModel._patch_state_table`, with a token head)."""
         if self.record_past and self._records and "columns" not in self._records[-1]:
             self._records[-1].update(columns=ids.shape[1], ids=ids, patches=patches, cross_states=cross_states,
-                                     patch_kv=patch_kv, patch_begins=patch_begins)
+                                     patch_kv=patch_kv, patch_begins=patch_begins, state_table=state_table)
+        if state_table is not None:
+            index = patches.new_patches.view(-1, 1, 1).expand(-1, 1, state_table.shape[2])
+            self.current_patch_state = state_table.gather(1, index)
+            self.current_patch_cumulative = None  # remade from the state when next needed (the model sets it)
         if patch_begins is not None:
             self.open_patch_begin = patch_begins[:, -1]
         valid = patches.valid
@@ -555,6 +565,9 @@ class BLTCache:
             self.current_patch_kv = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
                                      for k, v in self.current_patch_kv]
         self.current_patch_readouts = None  # remade from current_patch_kv at the next step
+        if self.current_patch_state is not None:
+            self.current_patch_state = self.current_patch_state.index_select(0, beam_idx)
+            self.current_patch_cumulative = self.current_patch_cumulative.index_select(0, beam_idx)
         return self
 
     def batch_repeat_interleave(self, repeats: int) -> None:

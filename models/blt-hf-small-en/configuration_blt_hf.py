@@ -20,7 +20,7 @@ from transformers import PreTrainedConfig
 BYTE_OFFSET = 4
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
 BOE_ID, BOS_ID, EOS_ID, BPE_DELIMITER_ID = 0, 1, 2, 3
-PATCHING_MODES = ("entropy", "boundary", "static", "space", "byte")
+PATCHING_MODES = ("entropy", "boundary", "source", "static", "space", "byte")
 # Primes of the released rolling polynomial hash; hash function f uses HASH_PRIMES[f].
 HASH_PRIMES = (
     1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
@@ -307,7 +307,10 @@ class BLTConfig(PreTrainedConfig):
             "static" (fixed `patch_size` bytes: the Block Transformer / MEGABYTE setting),
             "space" (the official space-like byte rule), "byte" (one byte per patch),
             "boundary" (the patcher's boundary head: byte j >= 2 starts a patch when its logit after byte j-1
-            exceeds `patching_threshold`; see `blt-hf byteify`).
+            exceeds `patching_threshold`; see `blt-hf byteify`),
+            "source" (a byte-ified model's own source model decides: byte j >= 2 starts a patch when the token
+            head's log-odds that the patch's bytes so far are a whole token exceed `patching_threshold`; it needs
+            the global states before each decision, so the model runs one byte at a time).
             In every mode byte 0 (BOS) is a patch of its own and byte 1 starts the next patch.
         patching_threshold: Entropy threshold θ in nats (released: 1.335442066192627). Byte j >= 2 starts a patch
             when H(j-1) > θ. With `monotonicity` it is the threshold on the rise H(j-1) - H(j-2).
@@ -325,6 +328,10 @@ class BLTConfig(PreTrainedConfig):
         vocab_embedding_rows: Rows of the source-vocabulary embedding (`BLTVocabEmbedding`, 0: none): each closed
             patch adds to its global input the row of the longest source token ending at its last byte inside it.
         vocab_embedding_max_bytes: Longest source token (in bytes) the vocabulary embedding looks up.
+        token_head: Predict bytes from the source model's next-token distribution (`BLTTokenHead`: the source's
+            final norm and the vocabulary embedding rows as its tied output matrix), mixed with the local decoder's
+            own prediction. Needs vocab_embedding_rows.
+        token_head_fallback: The token head's initial weight on the local decoder's own prediction (0 < w < 1).
         patcher_config / encoder_config / global_config / decoder_config: the four stacks (dict, config or None).
         vocab_size: 260 ids: 4 special ids (0 BOE/pad, 1 BOS, 2 EOS, 3 BPE delimiter) and byte b as b + 4.
         num_hidden_layers: The global transformer's layer count (derived; transformers utilities read it).
@@ -362,6 +369,8 @@ class BLTConfig(PreTrainedConfig):
     has_patcher: bool | None = None
     vocab_embedding_rows: int = 0
     vocab_embedding_max_bytes: int = 16
+    token_head: bool = False
+    token_head_fallback: float = 0.05
     patcher_config: dict | PreTrainedConfig | None = None
     encoder_config: dict | PreTrainedConfig | None = None
     global_config: dict | PreTrainedConfig | None = None
@@ -405,6 +414,12 @@ class BLTConfig(PreTrainedConfig):
             raise err("vocab_embedding_rows", f"must be >= 0, got {self.vocab_embedding_rows}")
         if self.vocab_embedding_max_bytes < 1:
             raise err("vocab_embedding_max_bytes", f"must be >= 1, got {self.vocab_embedding_max_bytes}")
+        if self.patching_mode == "source" and not self.token_head:
+            raise err("patching_mode", "source patching reads the token head: set token_head=True")
+        if self.token_head and not self.vocab_embedding_rows:
+            raise err("token_head", "the token head reads the source vocabulary: set vocab_embedding_rows")
+        if not 0 < self.token_head_fallback < 1:
+            raise err("token_head_fallback", f"must be between 0 and 1 (exclusive), got {self.token_head_fallback}")
         if self.patch_size < 1:
             raise err("patch_size", f"must be >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:

@@ -16,6 +16,7 @@ The rule for byte j >= 2 (positions row-local):
 * monotonicity:  H(j-1) - H(j-2) > θ, and byte 2 always starts a patch (official code)
 * θ + θ_add:     H(j-1) - H(j-2) > θ_add and H(j-1) > θ, byte 2 starts and byte 3 never does (official code)
 * boundary:      B(j-1) > θ, B the patcher's boundary logit (does the next byte start a patch)
+* source:        E(j-1) > θ, E the token head's log-odds that the open patch's bytes are a whole source token
 * static:        (j - 1) % patch_size == 0: BOS alone, then blocks of patch_size bytes
 * space:         byte j-1 is the first of a run of space-like bytes, or a special id (official rule)
 * byte:          always
@@ -166,7 +167,7 @@ class PatchingRule:
             return p % self.patch_size == 0
         if self.mode == "space":
             return (p == 0) | (is_space_like(ids) & ~is_space_like(prev_ids)) | (ids < BYTE_OFFSET)
-        if self.mode == "boundary":
+        if self.mode in ("boundary", "source"):
             return (p == 0) | (entropies > self.threshold)
         rise = entropies - prev_entropies
         if self.monotonicity:
@@ -295,13 +296,19 @@ def patch_lengths_from_starts(starts: torch.Tensor, num_bytes: torch.Tensor) -> 
 
 
 def compute_patch_starts(rule, ids, positions, valid, state, *, patcher=None, patcher_cache=None, documents=None,
-                         document_positions=None, one_byte_step: bool = True):
-    """Run the entropy model if the rule needs it, then the rule. Returns (starts, next_starts, state, entropies).
+                         document_positions=None, one_byte_step: bool = True, scores=None):
+    """Run the entropy model if the rule needs it, then the rule (source patching: on the model's `scores`).
+    Returns (starts, next_starts, state, entropies).
 
     The entropy model runs outside autocast (in its own dtype, fp32 in checkpoints loaded at any dtype), so patch
     boundaries do not depend on the precision the rest of the model runs at."""
     entropies = None
-    if rule.needs_entropies:
+    if rule.mode == "source":  # the model's token head scores the bytes (`BLTModel._source_end_scores`)
+        if scores is None:
+            raise ValueError("source patching reads the model's token head after each byte: run the model (one byte "
+                             "at a time, as BLTForCausalLM does), not the patching rule alone")
+        entropies = scores
+    elif rule.needs_entropies:
         if patcher is None:
             raise ValueError(f"{rule.mode} patching needs the patcher model, but no patcher is available")
         with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .cache import BLTCache, select_patch
-from .configuration_blt_hf import BOE_ID, BLTConfig
+from .configuration_blt_hf import BOE_ID, BYTE_OFFSET, BLTConfig
 from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
 from .hashing import BLTHashNgramEmbedding, BLTVocabEmbedding
@@ -48,6 +48,7 @@ from .patching import (
 )
 from .pretrained import BLTPreTrainedModel, check_labels
 from .speculative import check_speculative_bytes, self_speculative_decoding
+from .token_head import BLTTokenHead
 
 
 @dataclass
@@ -64,6 +65,7 @@ class BLTModelOutput(ModelOutput):
     patch_lengths: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     global_hidden_states: tuple[torch.Tensor, ...] | None = None
+    token_head_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -94,6 +96,11 @@ class BLTModel(BLTPreTrainedModel):
             self.encoder_vocab_embedding = BLTVocabEmbedding(
                 config.vocab_embedding_rows, config.global_config.hidden_size, config.vocab_embedding_max_bytes
             )
+        self.token_head = None  # a byte-ified model's source next-token distribution, spelled out in bytes
+        if config.token_head:
+            self.token_head = BLTTokenHead(config.global_config.hidden_size, config.vocab_embedding_rows,
+                                           config.vocab_embedding_max_bytes, config.global_config.rms_norm_eps,
+                                           config.token_head_fallback)
         self.patcher = None
         if config.has_patcher:
             self.patcher = BLTPatcher(config.patcher_config)
@@ -266,6 +273,13 @@ class BLTModel(BLTPreTrainedModel):
                 patch_vectors, global_plan, output_hidden_states, vocab_vectors
             )
             new_patch_kv = self.local_decoder.patch_keys_values(patch_states)
+        state_table = head_inputs = cumulative = None
+        if config.token_head:
+            state_table = self._patch_state_table(cache, patch_states, closing_rows, patches.num_new, batch)
+            if length == 1 and cache is not None:
+                cumulative = self._step_cumulative(cache, state_table, closing_rows)
+            head_inputs = (state_table, cumulative, patches.decoder_patch,
+                           *self._target_prefixes(ids, history, positions, begins, patches.closes))
 
         # 4. bytes read patch states and predict the next byte
         segments = patches.decoder_segments() if config.decoder_config.patch_local_attention else documents
@@ -278,7 +292,10 @@ class BLTModel(BLTPreTrainedModel):
         )
 
         if cache is not None:
-            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts, begins)
+            cache.advance(ids, num_bytes, patches, cross_states, patch_kv, readouts, begins, state_table)
+            if cumulative is not None:  # the current patch's token table: one vocabulary softmax per patch
+                index = patches.new_patches.view(-1, 1, 1).expand(-1, 1, cumulative.shape[2])
+                cache.current_patch_cumulative = cumulative.gather(1, index)
         lengths_out = None
         if output_patch_lengths and int(bytes_before.max() if batch else 0) == 0:
             flags = row_start_flags(patches.starts, patches.next_starts, positions, valid)
@@ -290,7 +307,56 @@ class BLTModel(BLTPreTrainedModel):
             patch_lengths=lengths_out,
             hidden_states=all_hidden,
             global_hidden_states=tuple(global_hidden) if global_hidden is not None else None,
+            token_head_inputs=head_inputs,
         )
+
+    def _patch_state_table(self, cache, new_states, closing_rows, num_new, batch) -> torch.Tensor:
+        """Global states [B, 1 + m, d] of [the current patch (zeros before any), the m patches closed now]: the
+        table `patches.decoder_patch` indexes, as the decoder's patch keys/values (`BLTTokenHead` reads it)."""
+        current = cache.current_patch_state if cache is not None else None
+        if current is None:
+            hidden = self.config.global_config.hidden_size
+            dtype = new_states.dtype if new_states is not None else self.dtype
+            current = torch.zeros(batch, 1, hidden, dtype=dtype, device=self.device)
+        if new_states is None or num_new == 0:
+            return current
+        if closing_rows is not None:  # one new patch, for these rows only
+            return torch.cat((current, current.index_copy(0, closing_rows, new_states[:, :1].to(current.dtype))), 1)
+        return torch.cat((current, new_states[:, :num_new].to(current.dtype)), 1)
+
+    def _step_cumulative(self, cache, state_table, closing_rows) -> torch.Tensor:
+        """`BLTTokenHead.token_cumulative` of a decoding step's state table, the current patch's taken from the
+        cache (only the rows that closed a patch compute theirs)."""
+        weight = self.encoder_vocab_embedding.weight
+        current = self._current_cumulative(cache)
+        if current is None:
+            return self.token_head.token_cumulative(state_table, weight)
+        if state_table.shape[1] == 1:
+            return current
+        if closing_rows is None:
+            return torch.cat((current, self.token_head.token_cumulative(state_table[:, 1:], weight)), 1)
+        closed = self.token_head.token_cumulative(state_table[:, 1:].index_select(0, closing_rows), weight)
+        return torch.cat((current, current.index_copy(0, closing_rows, closed)), 1)
+
+    def _current_cumulative(self, cache) -> torch.Tensor | None:
+        """The cache's current-patch token table, made from its global state when the cache has none yet."""
+        if cache.current_patch_cumulative is None and cache.current_patch_state is not None:
+            cache.current_patch_cumulative = self.token_head.token_cumulative(
+                cache.current_patch_state, self.encoder_vocab_embedding.weight)
+        return cache.current_patch_cumulative
+
+    def _target_prefixes(self, ids, history, positions, begins, closes):
+        """For each byte, the part of the next byte's patch already seen: bytes [B, n, max_bytes] (values 0-255,
+        garbage past the length) and lengths [B, n] (0 where the next byte starts a patch)."""
+        width = self.config.vocab_embedding_max_bytes
+        reach = width - 1
+        lengths = torch.where(closes, 0, positions - begins + 1).clamp(min=0)
+        past = ids.new_zeros(ids.shape[0], reach) if history is None else history[:, history.shape[1] - reach :]
+        window = torch.cat((past, ids), dim=1)
+        index = (torch.arange(ids.shape[1], device=ids.device)[:, None] + torch.arange(width, device=ids.device)
+                 + reach + 1)[None] - lengths[..., None].clamp(max=width)
+        prefix = window.gather(1, index.clamp(0, window.shape[1] - 1).flatten(1)).view(*ids.shape, width)
+        return prefix - BYTE_OFFSET, lengths
 
     def draft_step(self, input_ids: torch.LongTensor, cache: BLTCache) -> torch.Tensor:
         """A self-speculative draft step (the Fast BLT paper's BLT-S): one real byte per row [B, 1] through the
@@ -352,10 +418,13 @@ class BLTModel(BLTPreTrainedModel):
         rule = self.patching_rule
         if patch_lengths is None or cache is not None:  # a cache continues with the rule afterwards
             initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
+            scores = None
+            if rule.mode == "source" and patch_lengths is None:
+                scores = self._source_end_scores(ids, positions, valid, cache)
             starts, next_starts, state, entropies = compute_patch_starts(
                 rule, ids, positions, valid, initial, patcher=self.patcher,
                 patcher_cache=cache.patcher if cache is not None else None, documents=documents,
-                document_positions=document_positions, one_byte_step=self.config.fast_decoding,
+                document_positions=document_positions, one_byte_step=self.config.fast_decoding, scores=scores,
             )
         if patch_lengths is not None:
             starts, next_starts, pending_start = self._starts_from_lengths(
@@ -367,6 +436,20 @@ class BLTModel(BLTPreTrainedModel):
             return ChunkPatches(starts, next_starts, valid, patches_before)
         return ChunkPatches(starts, next_starts, valid, patches_before, state,
                             rule if patch_lengths is None else None, entropies)
+
+    def _source_end_scores(self, ids, positions, valid, cache) -> torch.Tensor:
+        """Source patching's score [B, 1] of a one-byte step: the token head's log-odds that the open patch's bytes
+        (this one included) are a whole token, under the global state that predicts that token."""
+        if cache is None or ids.shape[1] != 1:
+            raise ValueError("source patching decides after each byte with the global states so far: run one byte "
+                             "at a time with a cache (BLTForCausalLM does this for longer inputs)")
+        current = self._current_cumulative(cache)
+        if current is None:  # only BOS so far: the rule starts the next patch anyway
+            return torch.zeros(ids.shape, device=ids.device)
+        starts = cache.patching.pending_start[:, None] & valid
+        begins = patch_begins(starts, positions, cache.open_patch_begin)
+        prefix, lengths = self._target_prefixes(ids, cache.byte_history, positions, begins, torch.zeros_like(valid))
+        return self.token_head.end_logits(current, prefix, lengths)
 
     @staticmethod
     def _starts_from_lengths(patch_lengths, positions, valid, cache, document_positions):
@@ -477,6 +560,10 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         A cached call asking only for the last logits (`logits_to_keep`, as `generate` does) on more bytes than the
         local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
         window rather than the prompt."""
+        if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
+                and input_ids is not None and input_ids.shape[1] > 1):
+            return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
+                                              logits_to_keep, output_patch_lengths, **kwargs)
         chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
                                    position_ids, output_hidden_states, output_patch_lengths)
         if chunk is not None:
@@ -503,10 +590,12 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
-            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         else:
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden).float()
+            keep = logits_to_keep
+        logits = self.lm_head(hidden[:, keep]).float()
+        if self.model.token_head is not None:
+            logits = self._spell_source_tokens(outputs.token_head_inputs, keep, logits)
         loss = None
         if labels is not None:
             check_labels(labels, input_ids, self.vocab_size)
@@ -519,6 +608,56 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             patch_lengths=outputs.patch_lengths,
             global_hidden_states=outputs.global_hidden_states,
         )
+
+    def _forward_byte_by_byte(self, input_ids, attention_mask, past_key_values, labels, use_cache, logits_to_keep,
+                              output_patch_lengths, **kwargs) -> BLTCausalLMOutput:
+        """`forward` in source patching, whose every boundary depends on the global states before it: one-byte
+        steps through a cache (a fresh one unless given), the same outputs as one call would give."""
+        batch, length = input_ids.shape
+        if attention_mask is not None and attention_mask.shape[1] not in (length, length + (
+                past_key_values.seen_tokens if past_key_values is not None else 0)):
+            raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns for {length} new bytes")
+        offset = attention_mask.shape[1] - length if attention_mask is not None else 0
+        keep_from = 0
+        if isinstance(logits_to_keep, int) and logits_to_keep:
+            keep_from = max(length - logits_to_keep, 0)
+        cache, logits, next_starts = past_key_values, [], []
+        fresh = past_key_values is None or past_key_values.seen_tokens == 0
+        for column in range(length):
+            mask = None if attention_mask is None else attention_mask[:, offset + column : offset + column + 1]
+            step = self(input_ids[:, column : column + 1], attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            if column >= keep_from:
+                logits.append(step.logits)
+            next_starts.append(cache.patching.pending_start)
+        logits = torch.cat(logits, dim=1)
+        if not isinstance(logits_to_keep, int):
+            logits = logits[:, logits_to_keep]
+        loss = None
+        if labels is not None:
+            check_labels(labels, input_ids, self.vocab_size)
+            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
+        lengths_out = None
+        if output_patch_lengths and fresh:
+            valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else (
+                attention_mask[:, offset:].bool())
+            positions = row_positions(valid)
+            starts = (positions == 0) & valid
+            flags = row_start_flags(starts, torch.stack(next_starts, 1) & valid, positions, valid)
+            lengths_out = patch_lengths_from_starts(flags, valid.sum(1))
+        return BLTCausalLMOutput(loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None,
+                                 patch_lengths=lengths_out)
+
+    def _spell_source_tokens(self, head_inputs, keep, byte_logits) -> torch.Tensor:
+        """The token head's next-byte log-probabilities for the kept positions (`BLTTokenHead`)."""
+        table, cumulative, reads, prefix, lengths = head_inputs
+        reads, prefix, lengths = reads[:, keep], prefix[:, keep], lengths[:, keep]
+        if cumulative is None:
+            if reads.shape[1] < table.shape[1]:  # fewer bytes than patches (generation): one state per byte
+                table = table.gather(1, reads[..., None].expand(-1, -1, table.shape[2]))
+                reads = torch.arange(reads.shape[1], device=reads.device).expand_as(reads)
+            cumulative = self.model.token_head.token_cumulative(table, self.model.encoder_vocab_embedding.weight)
+        return self.model.token_head(cumulative, reads, prefix, lengths, byte_logits)
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """transformers' `generate`, plus exact self-speculative decoding: `speculative_bytes=k` (a generate kwarg
