@@ -5,6 +5,8 @@ Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tes
 
 * `fast_layer_step`: a `BLTTransformerLayer` on one fp32 byte, with q/k/v and gate/up as single matmuls over weights
   concatenated once per generation (RMSNorm weights folded in) and the residual adds riding on the output matmuls;
+  also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
+  stacks, and the few patches a step or a verification closes in the global transformer;
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
   matrices made once per patch.
 
@@ -34,12 +36,12 @@ def fast_paths_eligible(hidden_states: torch.Tensor, cache) -> bool:
     )
 
 
-FUSED_CHUNK_BYTES = 32  # a short chunk continuing a cache (a speculative verification) takes the fused layers too
+FUSED_CHUNK_BYTES = 32  # a short chunk continuing a cache (a verification; patches closed) takes the fused layers too
 
 
 def fused_layers_eligible(hidden_states: torch.Tensor, cache) -> bool:
     """Whether a stack call may run its layers as `fast_layer_step`: a `fast_paths_eligible` one-byte step, or a
-    short chunk (up to `FUSED_CHUNK_BYTES` bytes per row) under the same conditions."""
+    short chunk (up to `FUSED_CHUNK_BYTES` bytes, or patches, per row) under the same conditions."""
     return (
         cache is not None and cache.fast_decoding and 1 <= hidden_states.shape[1] <= FUSED_CHUNK_BYTES
         and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled()
