@@ -152,10 +152,15 @@ def slot_readout(cross_attention: BLTCrossAttention, patch_keys: torch.Tensor, p
         return None
     batch, _, slots, heads, dim = patch_keys.shape
     width = q_proj.in_features
-    q_weight = q_proj.weight.detach().view(heads, dim, width) * (q_norm.weight.detach() * dim**-0.5)
-    score_matrix = torch.einsum("hfe,bkhf->bekh", q_weight, patch_keys[:, 0]).reshape(batch, width, -1)
-    o_weight = o_proj.weight.detach().view(width, heads, dim)
-    output_matrix = torch.einsum("ehf,bkhf->bkhe", o_weight, patch_values[:, 0]).reshape(batch, -1, width)
+    # one batched matmul per matrix, over heads: U[b, :, k, h] = W_q,h^T keys[b, k, h], Z[b, k, h] = values W_o,h
+    q_weight = (q_proj.weight.detach() * (q_norm.weight.detach() * dim**-0.5)).view(heads, dim, width)
+    keys = patch_keys[:, 0].permute(2, 3, 0, 1).reshape(heads, dim, batch * slots)
+    scores = torch.bmm(q_weight.transpose(1, 2), keys)  # [H, d, B * k]
+    score_matrix = scores.view(heads, width, batch, slots).permute(2, 1, 3, 0).reshape(batch, width, -1)
+    o_weight = o_proj.weight.detach().view(width, heads, dim).permute(1, 2, 0)  # [H, D, d]
+    values = patch_values[:, 0].permute(2, 0, 1, 3).reshape(heads, batch * slots, dim)
+    outputs = torch.bmm(values, o_weight)  # [H, B * k, d]
+    output_matrix = outputs.view(heads, batch, slots, width).permute(1, 2, 0, 3).reshape(batch, -1, width)
     eps = torch.tensor(q_norm.variance_epsilon, device=patch_keys.device)
     return score_matrix, output_matrix, eps, slots
 
