@@ -359,3 +359,43 @@ def test_a_streamer_receives_the_speculative_bytes_as_they_are_accepted():
                              streamer=TextStreamer(tokenizer, skip_special_tokens=True), **GREEDY)
     assert torch.equal(out, model.generate(ids, max_new_tokens=30, **GREEDY))
     assert stream.getvalue().strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+
+def test_patches_closed_in_a_cached_call_run_the_global_layers_fused_equal_to_the_plain_layers():
+    """The few patches a decoding step or a verification closes run the global transformer's fused layers
+    (ragged rows continuing the patch cache), with the states of its plain layers (`fast_decoding=False`)."""
+    from blt_hf.cache import PatchKVCache
+    from blt_hf.masks import PatchAttentionPlan
+
+    model = _model("entropy", 0)
+    global_transformer, config = model.model.global_transformer, model.config
+    torch.manual_seed(0)
+    calls = [(torch.randn(2, 3, config.global_input_size), torch.tensor([3, 2])),
+             (torch.randn(2, 2, config.global_input_size), torch.tensor([1, 2])),
+             (torch.randn(2, 1, config.global_input_size), torch.tensor([1, 1]))]
+    caches = {fast: PatchKVCache(config.global_config.num_hidden_layers, 2, "cpu", fast) for fast in (True, False)}
+    with torch.no_grad():
+        for vectors, counts in calls:
+            states = {fast: global_transformer(vectors, PatchAttentionPlan(vectors.shape[1], counts, cache))[0]
+                      for fast, cache in caches.items()}
+            real = torch.arange(vectors.shape[1])[None] < counts[:, None]
+            torch.testing.assert_close(states[True][real], states[False][real], atol=1e-5, rtol=0)
+    assert caches[True].step_weights[0] is not None and caches[False].step_weights == {}
+    assert torch.equal(caches[True].lengths, torch.tensor([5, 5]))
+
+
+def test_steps_rolled_back_to_a_prefill_that_filled_the_window_buffers_write_in_place():
+    """A prefill as long as the windows leaves room for the next byte: steps taken again and again from its
+    snapshot (as speculative decoding does) write into the same buffers instead of moving every window cache's live
+    span at each step."""
+    model = BLTForCausalLM.from_pretrained(SHIPPED).eval()  # windows of 256 bytes
+    ids = random_ids(256, seed=5)
+    with torch.no_grad():
+        cache = model(ids[:, :-1], use_cache=True).past_key_values  # 255 bytes: every window's live span is full
+        snapshot = cache.snapshot()
+        windows = (cache.patcher, cache.encoder, cache.decoder)
+        buffers = [window.keys[0] for window in windows]
+        for _ in range(3):
+            cache.restore(snapshot)
+            model(ids[:, -1:], past_key_values=cache, use_cache=True)
+            assert all(window.keys[0] is buffer for window, buffer in zip(windows, buffers, strict=True))

@@ -115,12 +115,13 @@ class SlidingWindowCache:
         return max(min(bound, 2 * live) + max(n, 16, bound // 8), live + n)
 
     def trim(self) -> None:
-        """Shrink the buffers to what decoding steps need (after a prefill): at most `bound` plus slack. Not once
-        snapshotted: a rollback may still need the positions before the live span."""
+        """Size the buffers for decoding steps (after a prefill): shrink them to at most `bound` plus slack, and
+        make room for the next step when they are full (else every step rolled back to here would move the live
+        span again). Not once snapshotted: a rollback may still need the positions before the live span."""
         self._commit()
         if self.bound is not None and self._valid is not None and not self.snapshotted:
             target = self._capacity_for(1, self.end - self.start)
-            if self.capacity > target:
+            if self.capacity > target or self.end == self.capacity:
                 self._relocate(target)
 
     def begin(self, new_valid: torch.Tensor, new_segments: torch.Tensor | None):
@@ -201,9 +202,12 @@ class SlidingWindowCache:
 
 
 class PatchKVCache:
-    """Global-transformer keys/values in buffers [B, Hkv, capacity, D]; row b holds `lengths[b]` patches."""
+    """Global-transformer keys/values in buffers [B, Hkv, capacity, D]; row b holds `lengths[b]` patches.
+    fast_decoding / step_weights: as `SlidingWindowCache`'s (calls of a few patches run fused layers)."""
 
-    def __init__(self, num_layers: int, batch_size: int, device):
+    def __init__(self, num_layers: int, batch_size: int, device, fast_decoding: bool = True):
+        self.fast_decoding = fast_decoding
+        self.step_weights: dict[int, tuple | None] = {}  # per layer: `decoding.fuse_step_weights`
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -221,19 +225,21 @@ class PatchKVCache:
             buffer = grown
         return buffer
 
-    def _write(self, buffer, new, new_counts):
+    def _write(self, buffer, new):
+        """Write new [B, Hkv, m, D] at each row's own offset (all m slots: those past a row's new patches land
+        beyond its length, where nothing reads them and the next write goes)."""
         batch, heads, num_new, dim = new.shape
         buffer = self._grown(buffer, new, self.max_length + num_new)
-        slot = torch.arange(num_new, device=new.device)[None]
-        write = slot < new_counts[:, None]
-        rows = torch.arange(batch, device=new.device)[:, None].expand(-1, num_new)[write]
-        cols = (self.lengths[:, None] + slot)[write]
-        buffer.transpose(1, 2)[rows, cols] = new.transpose(1, 2)[write]
+        rows = torch.arange(batch, device=new.device)[:, None]
+        cols = self.lengths[:, None] + torch.arange(num_new, device=new.device)
+        buffer.transpose(1, 2)[rows, cols] = new.transpose(1, 2)
         return buffer
 
     def update(self, layer_idx, keys, values, new_counts):
-        self.keys[layer_idx] = self._write(self.keys[layer_idx], keys, new_counts)
-        self.values[layer_idx] = self._write(self.values[layer_idx], values, new_counts)
+        """Write this call's keys/values [B, Hkv, m, D] (row b's first new_counts[b] are real); return views of
+        all visible ones."""
+        self.keys[layer_idx] = self._write(self.keys[layer_idx], keys)
+        self.values[layer_idx] = self._write(self.values[layer_idx], values)
         visible = self.max_length + keys.shape[2]
         return self.keys[layer_idx][:, :, :visible], self.values[layer_idx][:, :, :visible]
 
@@ -275,6 +281,7 @@ class PatchKVRows:
 
     def __init__(self, parent: PatchKVCache, index: torch.Tensor):
         self.parent, self.index = parent, index
+        self.fast_decoding, self.step_weights = parent.fast_decoding, parent.step_weights
         self.lengths = parent.lengths.index_select(0, index)
         self.max_length = int(self.lengths.max()) if index.numel() else 0
 
@@ -333,7 +340,7 @@ class BLTCache:
             else None
         )
         self.encoder = SlidingWindowCache(encoder.num_hidden_layers, encoder.sliding_window, self.fast_decoding)
-        self.global_ = PatchKVCache(config.global_config.num_hidden_layers, batch_size, device)
+        self.global_ = PatchKVCache(config.global_config.num_hidden_layers, batch_size, device, self.fast_decoding)
         # the patch-local decoder sees only the bytes read from one patch: at most the longest patch
         span = longest_patch(config) if decoder.patch_local_attention else None
         self.decoder = SlidingWindowCache(decoder.num_hidden_layers, decoder.sliding_window, self.fast_decoding, span)

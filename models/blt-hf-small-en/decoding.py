@@ -5,6 +5,8 @@ Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tes
 
 * `fast_layer_step`: a `BLTTransformerLayer` on one fp32 byte, with q/k/v and gate/up as single matmuls over weights
   concatenated once per generation (RMSNorm weights folded in) and the residual adds riding on the output matmuls;
+  also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
+  stacks, and the few patches a step or a verification closes in the global transformer;
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
   matrices made once per patch.
 
@@ -34,12 +36,12 @@ def fast_paths_eligible(hidden_states: torch.Tensor, cache) -> bool:
     )
 
 
-FUSED_CHUNK_BYTES = 32  # a short chunk continuing a cache (a speculative verification) takes the fused layers too
+FUSED_CHUNK_BYTES = 32  # a short chunk continuing a cache (a verification; patches closed) takes the fused layers too
 
 
 def fused_layers_eligible(hidden_states: torch.Tensor, cache) -> bool:
     """Whether a stack call may run its layers as `fast_layer_step`: a `fast_paths_eligible` one-byte step, or a
-    short chunk (up to `FUSED_CHUNK_BYTES` bytes per row) under the same conditions."""
+    short chunk (up to `FUSED_CHUNK_BYTES` bytes, or patches, per row) under the same conditions."""
     return (
         cache is not None and cache.fast_decoding and 1 <= hidden_states.shape[1] <= FUSED_CHUNK_BYTES
         and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled()
@@ -150,10 +152,15 @@ def slot_readout(cross_attention: BLTCrossAttention, patch_keys: torch.Tensor, p
         return None
     batch, _, slots, heads, dim = patch_keys.shape
     width = q_proj.in_features
-    q_weight = q_proj.weight.detach().view(heads, dim, width) * (q_norm.weight.detach() * dim**-0.5)
-    score_matrix = torch.einsum("hfe,bkhf->bekh", q_weight, patch_keys[:, 0]).reshape(batch, width, -1)
-    o_weight = o_proj.weight.detach().view(width, heads, dim)
-    output_matrix = torch.einsum("ehf,bkhf->bkhe", o_weight, patch_values[:, 0]).reshape(batch, -1, width)
+    # one batched matmul per matrix, over heads: U[b, :, k, h] = W_q,h^T keys[b, k, h], Z[b, k, h] = values W_o,h
+    q_weight = (q_proj.weight.detach() * (q_norm.weight.detach() * dim**-0.5)).view(heads, dim, width)
+    keys = patch_keys[:, 0].permute(2, 3, 0, 1).reshape(heads, dim, batch * slots)
+    scores = torch.bmm(q_weight.transpose(1, 2), keys)  # [H, d, B * k]
+    score_matrix = scores.view(heads, width, batch, slots).permute(2, 1, 3, 0).reshape(batch, width, -1)
+    o_weight = o_proj.weight.detach().view(width, heads, dim).permute(1, 2, 0)  # [H, D, d]
+    values = patch_values[:, 0].permute(2, 0, 1, 3).reshape(heads, batch * slots, dim)
+    outputs = torch.bmm(values, o_weight)  # [H, B * k, d]
+    output_matrix = outputs.view(heads, batch, slots, width).permute(1, 2, 0, 3).reshape(batch, -1, width)
     eps = torch.tensor(q_norm.variance_epsilon, device=patch_keys.device)
     return score_matrix, output_matrix, eps, slots
 

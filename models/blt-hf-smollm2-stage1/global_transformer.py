@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTGlobalTransformerConfig
+from .decoding import fast_layer_step, fused_layers_eligible
 from .layers import BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import PatchAttentionPlan
 
@@ -37,8 +38,11 @@ class BLTGlobalTransformer(nn.Module):
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
+        fast = fused_layers_eligible(hidden, attention_plan.cache)  # a few patches continuing a cache
         for layer in self.layers:
-            hidden = layer(hidden, rotations, attention_plan)
+            hidden = fast_layer_step(layer, hidden, rotations, attention_plan) if fast else layer(
+                hidden, rotations, attention_plan
+            )
             if output_hidden_states:
                 all_states.append(hidden)
         if attention_plan.cache is not None:
