@@ -27,6 +27,7 @@ test: install
 
 demo: install
 	$(PY) -m blt_hf.tools.demo
+	$(PY) -m blt_hf.tools.demo_byteified
 
 bench: install
 	$(PY) eval/run_benchmarks.py

@@ -203,3 +203,11 @@ def test_auto_patching_picks_source_patching_for_a_tied_llama_and_the_boundary_p
     tokenizer.save_pretrained(untied)
     model, _ = byteify_model(untied, tokenizer, patching="auto", **TINY_LOCAL)
     assert model.config.patching_mode == "boundary" and model.model.token_head is None
+
+
+def test_the_byteified_demo_shows_every_byte_once_split_at_the_models_own_patches(source_patched):
+    from blt_hf.tools.demo_byteified import show_patches
+
+    model, _ = source_patched
+    shown = show_patches(model, "Byte-level models read text.")
+    assert shown.replace("|", "") == "Byte-level models read text." and "|" in shown
