@@ -52,18 +52,24 @@ def train_tokenizer(text: str, size: int = 400) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """(folder, tokenizer, llama): a tiny random Llama saved with a real BPE tokenizer."""
-    folder = tmp_path_factory.mktemp("llama")
-    tokenizer = train_tokenizer(DATA.read_text())
+def save_tiny_llama(folder: Path, tokenizer=None, tied: bool = False, embedding_scale: float = 1.0):
+    """(folder, tokenizer, llama): a tiny random Llama saved with a real BPE tokenizer (trained when not given)."""
+    tokenizer = tokenizer or train_tokenizer(DATA.read_text())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=tied)
     torch.manual_seed(0)
     llama = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        llama.model.embed_tokens.weight.mul_(embedding_scale)
     llama.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, tokenizer, llama
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")

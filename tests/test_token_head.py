@@ -10,30 +10,19 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from blt_hf import BLTConfig
 from blt_hf.training.byteify import byteify_model, start_token_id, teacher_states, token_lengths, window_bytes
-from tests.test_byteify import DATA, TINY_LOCAL, train_tokenizer
+from tests.test_byteify import DATA, TINY_LOCAL, save_tiny_llama
 
 FALLBACK = 0.05
 
 
 @pytest.fixture(scope="module")
 def tied_source(tmp_path_factory):
-    """(folder, tokenizer, llama): a tiny random Llama with tied embeddings and a real BPE tokenizer."""
-    folder = tmp_path_factory.mktemp("tied-llama")
-    tokenizer = train_tokenizer(DATA.read_text())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # a peaked next-token distribution, so that token ends are decisive
-        llama.model.embed_tokens.weight.mul_(8)
-    llama.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, tokenizer, llama
+    """A tiny random Llama with tied embeddings, scaled so that its next-token distribution is peaked (token ends
+    are then decisive)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tied-llama"), tied=True, embedding_scale=8.0)
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +171,8 @@ def test_token_head_and_source_patching_refuse_configs_and_sources_that_cannot_w
         BLTConfig(token_head=True)
     with pytest.raises(ValueError, match="token_head_fallback"):
         BLTConfig(token_head=True, vocab_embedding_rows=8, token_head_fallback=1.0)
-    folder, tokenizer, llama = tied_source
-    untied = tmp_path / "untied"
-    config = LlamaConfig(**{**llama.config.to_dict(), "tie_word_embeddings": False})
-    LlamaForCausalLM(config).save_pretrained(untied)
-    tokenizer.save_pretrained(untied)
+    _, tokenizer, _ = tied_source
+    untied, _, _ = save_tiny_llama(tmp_path / "untied", tokenizer)
     with pytest.raises(ValueError, match="tied word embeddings"):
         byteify_model(untied, tokenizer, token_head=True, **TINY_LOCAL)
 
@@ -198,9 +184,7 @@ def test_auto_patching_picks_source_patching_for_a_tied_llama_and_the_boundary_p
     assert model.config.patching_mode == "source" and model.model.token_head is not None
     assert model.model.patcher is None  # no boundary predictor to train or ship
     assert torch.equal(model.model.token_head.norm.weight, llama.model.norm.weight)
-    untied = tmp_path / "untied"
-    LlamaForCausalLM(LlamaConfig(**{**llama.config.to_dict(), "tie_word_embeddings": False})).save_pretrained(untied)
-    tokenizer.save_pretrained(untied)
+    untied, _, _ = save_tiny_llama(tmp_path / "untied", tokenizer)
     model, _ = byteify_model(untied, tokenizer, patching="auto", **TINY_LOCAL)
     assert model.config.patching_mode == "boundary" and model.model.token_head is None
 
