@@ -186,24 +186,27 @@ def test_boundary_patching_decodes_exactly_with_the_cache(byteified, with_paddin
         model.model.patcher.boundary_head.weight.normal_(0, 2.0)
     text = DATA.read_bytes()
     rows = [[1] + [b + 4 for b in text[:40]], [1] + [b + 4 for b in text[100:125]]]
-    if not with_padding:
-        rows = rows[:1]
+    assert_greedy_decoding_is_exact(model, rows if with_padding else rows[:1], 24)
+    with torch.no_grad():
+        patches = model.model(torch.tensor([rows[0]]), output_patch_lengths=True, use_cache=False).patch_lengths
+    assert 1 < int((patches > 0).sum()) < len(rows[0])  # neither one patch nor one byte per patch
+
+
+def assert_greedy_decoding_is_exact(model, rows: list[list[int]], new_bytes: int) -> None:
+    """Cached greedy generation of the left-padded rows == uncached == the plain loop recomputing each row alone."""
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    options = dict(attention_mask=mask, max_new_tokens=new_bytes, do_sample=False, eos_token_id=None)
     with torch.no_grad():
-        cached = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None)
-        uncached = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
-                                  use_cache=False)
-        assert torch.equal(cached, uncached)
-        for row, prompt in enumerate(rows):  # the plain loop: recompute the row alone, append the argmax
+        cached = model.generate(ids, **options)
+        assert torch.equal(cached, model.generate(ids, use_cache=False, **options))
+        for row, prompt in enumerate(rows):
             sequence = torch.tensor([prompt])
-            for _ in range(24):
+            for _ in range(new_bytes):
                 logits = model(sequence, use_cache=False).logits[:, -1]
                 sequence = torch.cat((sequence, logits.argmax(-1, keepdim=True)), dim=1)
             assert cached[row, width - len(prompt) :].tolist() == sequence[0].tolist()
-        patches = model.model(torch.tensor([rows[0]]), output_patch_lengths=True, use_cache=False).patch_lengths
-    assert 1 < int((patches > 0).sum()) < len(rows[0])  # neither one patch nor one byte per patch
 
 
 def test_stage1_and_the_boundary_predictor_learn_and_resume(tmp_path, source):

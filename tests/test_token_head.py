@@ -13,7 +13,7 @@ import torch
 
 from blt_hf import BLTConfig
 from blt_hf.training.byteify import byteify_model, start_token_id, teacher_states, token_lengths, window_bytes
-from tests.test_byteify import DATA, TINY_LOCAL, save_tiny_llama
+from tests.test_byteify import DATA, TINY_LOCAL, assert_greedy_decoding_is_exact, save_tiny_llama
 
 FALLBACK = 0.05
 
@@ -147,21 +147,8 @@ def test_token_head_decodes_exactly_with_the_cache(source_patched, mode):
     model, _ = source_patched
     model.config.patching_mode = mode
     text = DATA.read_bytes()
-    rows = [[1] + [b + 4 for b in text[:14]], [1] + [b + 4 for b in text[200:208]]]
-    width = max(map(len, rows))
-    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    with torch.no_grad():
-        cached = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None)
-        uncached = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None,
-                                  use_cache=False)
-        assert torch.equal(cached, uncached)
-        for row, prompt in enumerate(rows):
-            sequence = torch.tensor([prompt])
-            for _ in range(10):
-                logits = model(sequence, use_cache=False).logits[:, -1]
-                sequence = torch.cat((sequence, logits.argmax(-1, keepdim=True)), dim=1)
-            assert cached[row, width - len(prompt) :].tolist() == sequence[0].tolist()
+    assert_greedy_decoding_is_exact(model, [[1] + [b + 4 for b in text[:14]], [1] + [b + 4 for b in text[200:208]]],
+                                    10)
 
 
 def test_token_head_and_source_patching_refuse_configs_and_sources_that_cannot_work(tied_source, tmp_path):
