@@ -182,3 +182,29 @@ def test_the_byteified_demo_shows_every_byte_once_split_at_the_models_own_patche
     model, _ = source_patched
     shown = show_patches(model, "Byte-level models read text.")
     assert shown.replace("|", "") == "Byte-level models read text." and "|" in shown
+
+
+def test_token_head_tables_follow_the_cache_through_chunks_of_any_length(source_patched):
+    """One-byte steps, a multi-byte chunk, then one-byte steps again continuing one cache: every logit equals the
+    uncached forward of the whole sequence, and the token table the next step reads is its current patch's."""
+    model, _ = source_patched
+    model.config.patching_mode = "boundary"
+    torch.manual_seed(1)
+    with torch.no_grad():  # a boundary head with decisive logits, so that the chunks close patches
+        model.model.patcher.boundary_head.weight.normal_(0, 2.0)
+        model.model.patcher.boundary_head.bias.fill_(-4.0)
+    ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:40]]])
+    pieces = [(0, 12), (12, 13), (13, 14), (14, 15), (15, 27), (27, 28), (28, 29), (29, 30), (30, 41)]
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache, logits = None, []
+        for begin, end in pieces:
+            out = model(ids[:, begin:end], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits.append(out.logits)
+            table = model.model.token_head.token_cumulative(cache.current_patch_state,
+                                                            model.model.encoder_vocab_embedding.weight)
+            assert torch.equal(model.model._current_cumulative(cache), table), (begin, end)  # what the next step reads
+        patches = model(ids, use_cache=False, output_patch_lengths=True).patch_lengths
+    assert torch.allclose(torch.cat(logits, dim=1), full, atol=1e-4)
+    assert int((patches > 0).sum()) > 8  # the chunks closed patches

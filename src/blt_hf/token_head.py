@@ -119,7 +119,7 @@ class BLTTokenHead(nn.Module):
 
     def _ends(self, mass, lo, hi, prefix_length):
         """P(the token is exactly the prefix) [B, n]."""
-        lengths, count = self._sorted_table()[1], self._sorted_table()[3]
+        _, lengths, _, count, _ = self._sorted_table()
         exact = (hi > lo) & (lengths[lo.clamp(max=count - 1)] == prefix_length)
         return torch.where(exact, mass(lo, (lo + 1).clamp(max=count)), 0)
 
