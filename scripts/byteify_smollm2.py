@@ -128,7 +128,8 @@ def teacher(args):
 
 
 def byteified(args, folder, tokenizer):
-    model, vocabulary = byteify_model(folder, tokenizer, patching=args.patching, token_head=True, **MODEL_OPTIONS)
+    model, vocabulary = byteify_model(folder, tokenizer, patching=args.patching, token_head=True,
+                                      patching_lookahead=args.lookahead, **MODEL_OPTIONS)
     return model, vocabulary
 
 
@@ -184,6 +185,7 @@ def evaluate(args):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
     print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
+                      "lookahead": model.config.patching_lookahead,
                       "token_head_fallback": MODEL_OPTIONS["token_head_fallback"], "stages": steps,
                       "held_out": results}))
 
@@ -207,8 +209,9 @@ def export(args):
 
 
 def tune(args):
-    """Bits per byte on four training windows (not held out) for a few source-patching thresholds and token-head
-    fallback weights: how MODEL_OPTIONS' values were chosen. One JSON line per setting."""
+    """Bits per byte on four training windows (not held out) for a few source-patching thresholds, token-head
+    fallback weights and (with --lookahead) least end probabilities worth a speculative cut: how MODEL_OPTIONS'
+    values were chosen. One JSON line per setting."""
     import json
     import math
 
@@ -216,14 +219,17 @@ def tune(args):
     model, vocabulary = load_trained(args, folder, tokenizer)
     windows = list(text_windows(training_texts(args)[:40], tokenizer, vocabulary, 128))
     windows = windows[:: max(1, len(windows) // 4)][:4]
-    for threshold, fallback in ((0.0, 0.05), (-1.0, 0.05), (1.0, 0.05), (0.0, 0.15)):
-        model.config.patching_threshold = threshold
+    settings = ((0.0, 0.05, 0.01), (-1.0, 0.05, 0.01), (1.0, 0.05, 0.01), (0.0, 0.15, 0.01))
+    if model.config.patching_lookahead:
+        settings = ((0.0, 0.15, 0.01), (0.0, 0.05, 0.01), (0.0, 0.02, 0.01), (0.0, 0.05, 0.002), (1.0, 0.05, 0.01))
+    for threshold, fallback, min_end in settings:
+        model.config.patching_threshold, model.config.patching_lookahead_min_end = threshold, min_end
         with torch.no_grad():
             model.model.token_head.fallback_logit.fill_(math.log(fallback / (1 - fallback)))
         begin = time.time()
         result = evaluate_windows(model, None, windows, vocabulary, start_token_id(tokenizer))
-        print(json.dumps({"threshold": threshold, "fallback": fallback, **result,
-                          "s": round(time.time() - begin)}), flush=True)
+        print(json.dumps({"threshold": threshold, "fallback": fallback, "lookahead": model.config.patching_lookahead,
+                          "min_end": min_end, **result, "s": round(time.time() - begin)}), flush=True)
 
 
 def speed(args):
@@ -280,6 +286,8 @@ def main():
     parser.add_argument("--patching", choices=["source", "boundary"], default="source",
                         help="source: the Llama's token-end odds cut patches (token head); boundary: the trained "
                              "boundary predictor (with the token head too)")
+    parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                        help="source patching decides each cut after seeing the next byte (patching_lookahead)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed, "tune": tune,

@@ -141,14 +141,37 @@ def test_source_patching_cuts_where_the_llamas_token_end_odds_say(source_patched
     assert torch.allclose(out.logits[:, :-1], forced[:, :-1], atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["source", "boundary"])
+@pytest.mark.parametrize("mode", ["source", "source-lookahead", "boundary"])
 def test_token_head_decodes_exactly_with_the_cache(source_patched, mode):
     """Cached greedy generation == uncached == recomputing each row alone, with left padding."""
     model, _ = source_patched
-    model.config.patching_mode = mode
+    model.config.patching_mode = mode.split("-")[0]
+    model.config.patching_lookahead, model.config.patching_lookahead_min_end = mode.endswith("lookahead"), 0.05
     text = DATA.read_bytes()
-    assert_greedy_decoding_is_exact(model, [[1] + [b + 4 for b in text[:14]], [1] + [b + 4 for b in text[200:208]]],
-                                    10)
+    try:
+        assert_greedy_decoding_is_exact(
+            model, [[1] + [b + 4 for b in text[:14]], [1] + [b + 4 for b in text[200:208]]], 10)
+    finally:
+        model.config.patching_lookahead = False
+
+
+def test_lookahead_cuts_survive_beam_search_and_rollbacks(source_patched):
+    """A pending cut travels with the cache: cached beam search (reordered caches) == uncached; prompt-lookup and
+    self-speculative decoding (crop / snapshot rollbacks) == plain greedy decoding."""
+    model, _ = source_patched
+    model.config.patching_lookahead, model.config.patching_lookahead_min_end = True, 0.05
+    text = DATA.read_bytes()
+    prompt = torch.tensor([[1] + [b + 4 for b in text[:12] + text[:12]]])  # repeats: prompt lookup finds drafts
+    options = dict(max_new_tokens=12, do_sample=False, eos_token_id=None)
+    try:
+        with torch.no_grad():
+            beams = dict(num_beams=3, num_return_sequences=2, **options)
+            assert torch.equal(model.generate(prompt, **beams), model.generate(prompt, use_cache=False, **beams))
+            greedy = model.generate(prompt, **options)
+            assert torch.equal(model.generate(prompt, prompt_lookup_num_tokens=4, **options), greedy)
+            assert torch.equal(model.generate(prompt, speculative_bytes=3, **options), greedy)
+    finally:
+        model.config.patching_lookahead = False
 
 
 def test_token_head_and_source_patching_refuse_configs_and_sources_that_cannot_work(tied_source, tmp_path):
@@ -208,3 +231,78 @@ def test_token_head_tables_follow_the_cache_through_chunks_of_any_length(source_
         patches = model(ids, use_cache=False, output_patch_lengths=True).patch_lengths
     assert torch.allclose(torch.cat(logits, dim=1), full, atol=1e-4)
     assert int((patches > 0).sum()) > 8  # the chunks closed patches
+
+
+def reference_lookahead(model, vocabulary, byte_values: list[int], threshold: float, min_end: float):
+    """Look-ahead source patching by brute force, teacher-forced: after each byte, the token-end probability of the
+    open patch by enumerating the vocabulary under the last closed patch's global output; where it reaches
+    `min_end`, the next byte's distribution mixes "the token goes on" with the closed patch's own first-byte
+    distribution, and the next byte keeps the cut when the odds of the cut given it exceed `threshold`. Returns
+    the log-probabilities [n, vocab] predicted after each byte and the positions (BOS = 0) that start patches."""
+    fallback = float(torch.sigmoid(model.model.token_head.fallback_logit.detach()))
+    weight = model.model.encoder_vocab_embedding.weight
+
+    def token_probs(state):
+        with torch.no_grad():
+            logits = torch.nn.functional.linear(model.model.token_head.norm(state), weight)
+        return torch.softmax(logits.double(), -1)
+
+    def byte_probs(sequence, lengths):  # the local decoder's q after the last byte, patches given
+        with torch.no_grad():
+            hidden = model.model(torch.tensor([sequence + [4]]), patch_lengths=torch.tensor([lengths]),
+                                 use_cache=False).last_hidden_state
+            return torch.softmax(model.lm_head(hidden[0, -2]).double(), -1)
+
+    closed, open_patch, starts, pending, predicted = [1], [], [0, 1], None, []
+    for i, value in enumerate(byte_values):
+        if pending is not None:
+            continuing, ending, first = pending
+            b = value + 4
+            odds = math.inf if continuing[b] == 0 else math.log(max(ending * float(first[b]), 1e-300)) - math.log(
+                float(continuing[b]))
+            if odds > threshold:
+                closed, open_patch = closed + [len(open_patch)], []
+                starts.append(i + 1)
+        open_patch.append(value)
+        sequence = [1] + [v + 4 for v in byte_values[: i + 1]]
+        states = global_states(model, torch.tensor([sequence + [4]]), closed + [len(open_patch), 1])
+        before = token_probs(states[len(closed) - 1])
+        prefix = bytes(open_patch)
+        pairs = list(zip(vocabulary.token_bytes, before, strict=True))
+        begins = sum(float(p) for t, p in pairs if t and t.startswith(prefix))
+        ends = sum(float(p) for t, p in pairs if t == prefix)
+        end_probability = ends / begins if begins > 0 else 1.0
+        if end_probability >= min_end:  # cut speculatively: the closed patch predicts what follows it
+            q = byte_probs(sequence, closed + [len(open_patch), 1])
+            first = spelled_log_probs(token_probs(states[len(closed)]), vocabulary, b"", q, True)
+            spelled = spelled_log_probs(before, vocabulary, prefix, first, False)
+            continuing = spelled_log_probs(before, vocabulary, prefix, torch.zeros_like(q), False)
+            pending = (continuing, end_probability, first)
+        else:
+            q = byte_probs(sequence, closed + [len(open_patch) + 1])
+            spelled = spelled_log_probs(before, vocabulary, prefix, q, False)
+            pending = None
+        predicted.append(((1 - fallback) * spelled + fallback * q).log())
+    return torch.stack(predicted), starts
+
+
+def test_lookahead_source_patching_equals_its_brute_force_definition(source_patched):
+    model, vocabulary = source_patched
+    values = list(DATA.read_bytes()[1000:1030])
+    ids = torch.tensor([[1] + [v + 4 for v in values]])
+    model.config.patching_lookahead, model.config.patching_lookahead_min_end = True, 0.05
+    try:
+        expected, expected_starts = reference_lookahead(model, vocabulary, values, 0.0, 0.05)
+        with torch.no_grad():
+            out = model(ids, output_patch_lengths=True, use_cache=False)
+        model.config.patching_lookahead = False
+        with torch.no_grad():
+            plain = model(ids, output_patch_lengths=True, use_cache=False)
+    finally:
+        model.config.patching_lookahead = False
+    lengths = out.patch_lengths[0]
+    starts = (lengths.cumsum(0) - lengths)[lengths > 0].tolist()
+    assert [s for s in starts if s < len(values) + 1] == expected_starts
+    assert torch.allclose(out.logits[0, 1:].double(), expected, atol=2e-4)
+    assert not torch.equal(out.patch_lengths, plain.patch_lengths)  # the look-ahead changed some cuts
+    assert torch.allclose(out.logits.exp().sum(-1), torch.ones(1, len(values) + 1), atol=1e-4)

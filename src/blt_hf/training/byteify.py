@@ -215,11 +215,12 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
                      encoder_layers: int = 1, decoder_layers: int = 3, window: int = 256,
                      hash_sizes=(3, 4, 5, 6), hash_vocab: int = 8192, max_token_bytes: int = 16,
                      patcher_config: dict | None = None, max_position_embeddings: int | None = None,
-                     token_head: bool = False, token_head_fallback: float = 0.05, patching: str = "boundary"):
+                     token_head: bool = False, token_head_fallback: float = 0.05, patching: str = "boundary",
+                     patching_lookahead: bool = False):
     """A BLTConfig around a Llama: source vocabulary rows, small local stacks, the token head (which spells the
     Llama's next-token distribution in bytes) if asked, and patches cut by a boundary predictor (`patching=
     "boundary"`, trained on the tokenizer's token starts) or by the Llama's own token-end odds ("source", needs
-    the token head)."""
+    the token head; `patching_lookahead`: decided after seeing the next byte, ignored for boundary patching)."""
     from ..convert.llama import blt_config_for_llama
 
     if patching not in ("boundary", "source"):
@@ -231,6 +232,7 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
         patcher_config=dict(BOUNDARY_PATCHER, **(patcher_config or {})) if boundary else None,
         patching_mode=patching, patching_threshold=0.0, has_patcher=boundary, vocab_embedding_rows=vocabulary_rows,
         vocab_embedding_max_bytes=max_token_bytes, token_head=token_head, token_head_fallback=token_head_fallback,
+        patching_lookahead=patching_lookahead and not boundary,
         max_position_embeddings=max_position_embeddings or 4 * llama_config.max_position_embeddings,
     )
     config.global_config.use_input_projection = True
