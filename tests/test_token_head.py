@@ -306,3 +306,39 @@ def test_lookahead_source_patching_equals_its_brute_force_definition(source_patc
     assert torch.allclose(out.logits[0, 1:].double(), expected, atol=2e-4)
     assert not torch.equal(out.patch_lengths, plain.patch_lengths)  # the look-ahead changed some cuts
     assert torch.allclose(out.logits.exp().sum(-1), torch.ones(1, len(values) + 1), atol=1e-4)
+
+
+def test_a_pending_cut_survives_reordering_and_cropping(source_patched):
+    """Rows whose last byte was cut speculatively: reordering the cache and then undoing the cuts, or undoing them
+    while recording, cropping and keeping them, gives the logits of recomputing the sequences from scratch."""
+    model, _ = source_patched
+    model.config.patching_lookahead, model.config.patching_lookahead_min_end = True, 0.05
+    text = DATA.read_bytes()
+    try:
+        with torch.no_grad():
+            for end in range(20, 60):  # two prompts whose last bytes both got a speculative cut
+                prompts = torch.tensor([[1] + [b + 4 for b in text[end - 16 : end]],
+                                        [1] + [b + 4 for b in text[end + 84 : end + 100]]])
+                cache = model(prompts, use_cache=True).past_key_values
+                if bool(cache.source_lookahead.speculated.all()):
+                    break
+            else:
+                raise AssertionError("no prompts with pending cuts on both rows")
+            scores = cache.source_lookahead.end_scores[:, 4:260]
+            undo, keep = scores.argmin(1)[:, None] + 4, scores.argmax(1)[:, None] + 4
+            assert bool((scores.gather(1, undo - 4) <= 0).all() and (scores.gather(1, keep - 4) > 0).all())
+
+            cache.reorder_cache(torch.tensor([1, 0]))
+            swapped = torch.cat((prompts.flip(0), undo.flip(0)), 1)
+            logits = model(undo.flip(0), past_key_values=cache, use_cache=True).logits[:, -1]
+            assert torch.allclose(logits, model(swapped, use_cache=False).logits[:, -1], atol=1e-4)
+
+            cache = model(prompts, use_cache=True).past_key_values
+            cache.activate_past_recording()
+            model(undo, past_key_values=cache, use_cache=True)
+            cache.crop(-1)
+            logits = model(keep, past_key_values=cache, use_cache=True).logits[:, -1]
+            kept = torch.cat((prompts, keep), 1)
+            assert torch.allclose(logits, model(kept, use_cache=False).logits[:, -1], atol=1e-4)
+    finally:
+        model.config.patching_lookahead = False

@@ -216,6 +216,9 @@ def run(argv: list[str]) -> int:
                          help="source: the Llama's own token-end odds cut patches and its next-token distribution "
                               "spells bytes (token head; Llamas with tied embeddings); boundary: a trained boundary "
                               "predictor; auto: source when the Llama ties its embeddings")
+    byteify.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                         help="source patching decides each cut after seeing the next byte (patching_lookahead; "
+                              "closer to the Llama, with speculative global-transformer runs)")
 
     meta = commands.add_parser("convert-meta", help="convert Meta's released BLT / entropy-model checkpoints")
     meta.add_argument("source", help="official BLT folder (consolidated or Hub layout), or an entropy-model folder")
@@ -281,7 +284,7 @@ def run(argv: list[str]) -> int:
             batch_windows=args.batch_windows, boundary_steps=args.boundary_steps, stage1_steps=args.stage1_steps,
             stage2_steps=args.stage2_steps, learning_rate=args.learning_rate, eval_windows=args.eval_windows,
             model_options=dict(local_hidden_size=args.local_hidden_size, decoder_layers=args.decoder_layers,
-                               patching=args.patching),
+                               patching=args.patching, patching_lookahead=args.lookahead),
         )
         print(json.dumps(byteify(options, log=lambda m: print(m, file=sys.stderr))))
         return 0

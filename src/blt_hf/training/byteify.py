@@ -216,7 +216,7 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
                      hash_sizes=(3, 4, 5, 6), hash_vocab: int = 8192, max_token_bytes: int = 16,
                      patcher_config: dict | None = None, max_position_embeddings: int | None = None,
                      token_head: bool = False, token_head_fallback: float = 0.05, patching: str = "boundary",
-                     patching_lookahead: bool = False):
+                     patching_lookahead: bool = True):
     """A BLTConfig around a Llama: source vocabulary rows, small local stacks, the token head (which spells the
     Llama's next-token distribution in bytes) if asked, and patches cut by a boundary predictor (`patching=
     "boundary"`, trained on the tokenizer's token starts) or by the Llama's own token-end odds ("source", needs
