@@ -11,6 +11,8 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
     python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
     python scripts/byteify_smollm2.py tune                     # source patching threshold / fallback on train text
     python scripts/byteify_smollm2.py export                   # the delta in models/blt-hf-smollm2-stage1
+    python scripts/byteify_smollm2.py scratch --minutes 60     # the same architecture from scratch, same steps
+    python scripts/byteify_smollm2.py eval --scratch           # ... scored on the tokenizer's patches
 
 Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
 """
@@ -42,6 +44,7 @@ from blt_hf.training.byteify import (  # noqa: E402
     held_out,
     stage1_loss,
     start_token_id,
+    token_patch_loss,
     text_windows,
     train_stage,
 )
@@ -147,6 +150,34 @@ def stage1(args):
                 args.stage1_steps, 1e-3, STAGE1_TRAINABLE, "stage1", deadline=deadline, log=log)
 
 
+def scratch_model(args, folder, tokenizer):
+    """The byte-ified architecture with every weight random (buffers, e.g. the vocabulary's spellings, kept): the
+    from-scratch baseline, with its training under --work/scratch when there is one."""
+    from safetensors.torch import load_file
+
+    from blt_hf import BLTForCausalLM
+
+    model, vocabulary = byteified(args, folder, tokenizer)
+    torch.manual_seed(0)
+    fresh = BLTForCausalLM(model.config)
+    fresh.load_state_dict(dict(model.named_buffers()), strict=False)
+    weights = Path(args.work) / "scratch" / "weights.safetensors"
+    if weights.is_file():
+        fresh.load_state_dict(load_file(str(weights)), strict=False)
+    return fresh, vocabulary
+
+
+def scratch(args):
+    """Train the from-scratch baseline end to end (every weight, the tokenizer's patches) with stage 1's data,
+    batch and schedule, for --stage1-steps; resumable. Then `eval --scratch` scores it."""
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = scratch_model(args, folder, tokenizer)
+    shards = TeacherShards(Path(args.work) / "teacher")
+    train_stage(model, model, token_patch_loss, ShardStream(shards, vocabulary, args.batch_windows), Path(args.work),
+                args.stage1_steps, 1e-3, ("",), "scratch", checkpoint_every=5,
+                deadline=time.time() + 60 * args.minutes, log=lambda m: print(m, flush=True))
+
+
 def load_trained(args, folder, tokenizer):
     """The byte-ified model with the stage weights found under --work."""
     from safetensors.torch import load_file
@@ -164,7 +195,8 @@ def evaluate(args):
     import json
 
     folder, tokenizer, llama = source(args)
-    model, vocabulary = load_trained(args, folder, tokenizer)
+    model, vocabulary = (scratch_model if args.scratch else load_trained)(args, folder, tokenizer)
+    model.eval()
     start = start_token_id(tokenizer)
     kinds = documents(args, "heldout")
     kinds["sample"] = [Path(__file__).resolve().parent.parent / "tests" / "data" / "heldout_sample.txt"]
@@ -178,14 +210,14 @@ def evaluate(args):
             if len(windows) >= args.eval_windows:
                 break
         begin = time.time()
-        results[kind] = evaluate_windows(model, llama, windows, vocabulary, start)
+        results[kind] = evaluate_windows(model, llama, windows, vocabulary, start, own_patches=not args.scratch)
         print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
     steps = {}
-    for stage in ("boundary", "stage1"):
+    for stage in ("scratch",) if args.scratch else ("boundary", "stage1"):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
     print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
-                      "lookahead": model.config.patching_lookahead,
+                      "lookahead": model.config.patching_lookahead, "scratch": args.scratch,
                       "token_head_fallback": MODEL_OPTIONS["token_head_fallback"], "stages": steps,
                       "held_out": results}))
 
@@ -268,7 +300,7 @@ def speed(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher", "stage1", "eval", "speed", "tune", "export"])
+    parser.add_argument("step", choices=["teacher", "stage1", "scratch", "eval", "speed", "tune", "export"])
     parser.add_argument("--new-bytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
@@ -288,9 +320,12 @@ def main():
                              "boundary predictor (with the token head too)")
     parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                         help="source patching decides each cut after seeing the next byte (patching_lookahead)")
+    parser.add_argument("--scratch", action="store_true",
+                        help="eval: the from-scratch baseline (its own patches are not scored: its token head is "
+                             "untrained, so only the tokenizer's patches are)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"teacher": teacher, "stage1": stage1, "eval": evaluate, "speed": speed, "tune": tune,
+    {"teacher": teacher, "stage1": stage1, "scratch": scratch, "eval": evaluate, "speed": speed, "tune": tune,
      "export": export}[args.step](args)
 
 

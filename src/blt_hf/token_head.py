@@ -12,6 +12,11 @@ target starts a new patch). Over tokens t with p(t):
   follows (the next token is not known before its patch closes);
 * no token begins with s (the patcher cut differently than the tokenizer would): q.
 
+With look-ahead (`BLTConfig.patching_lookahead`) the model cuts speculatively where the prefix may be a whole token
+and "what follows a whole token" is no longer q but the closed patch's own first-byte distribution
+(`BLTForCausalLM._source_lookahead_step`): p(b) = [P(t begins with s + b) + P(t = s) p_next(b)] / P(t begins with s),
+and the next byte b keeps the cut when log P(t = s) p_next(b) - log P(t begins with s + b) exceeds the threshold.
+
 The result is mixed with q, p = (1 - w) p + w q, w = sigmoid(`fallback_logit`) (learned), so no byte has zero
 probability. Computed exactly with a sorted-vocabulary table: tokens sorted by their bytes make every prefix a
 contiguous range, found by binary search depth by depth, and each patch's probabilities summed once in that order.

@@ -381,6 +381,13 @@ def stage1_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                  use_cache=False).loss
 
 
+def token_patch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-byte cross-entropy (nats) end to end on the tokenizer's patches (the from-scratch baseline)."""
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 patch_lengths=batch["patch_lengths"], labels=labels, use_cache=False).loss
+
+
 def stage2_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-byte cross-entropy (nats) end to end, on the model's own predicted patches."""
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -477,10 +484,12 @@ def _save_stage(checkpoint: Path, module, trainable, optimizer, state: StageStat
 
 # ---------------------------------------------------------------- evaluation on held-out text
 @torch.no_grad()
-def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_id: int, batch_size: int = 4) -> dict:
+def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_id: int, batch_size: int = 4,
+                     own_patches: bool = True) -> dict:
     """Bits per byte on the same text windows ((ids, lengths) pairs) of: the source model through its tokenizer,
-    the BLT with its own predicted patches, and the BLT with the tokenizer's patches; bytes per predicted patch and
-    how often predicted patch starts agree with token starts (over the bytes after BOS)."""
+    the BLT with its own predicted patches (unless not `own_patches`), and the BLT with the tokenizer's patches;
+    bytes per predicted patch and how often predicted patch starts agree with token starts (over the bytes after
+    BOS)."""
     import math
 
     totals = {"source": 0.0, "blt": 0.0, "blt_token_patches": 0.0}
@@ -503,13 +512,15 @@ def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_
         ids, mask = batch["input_ids"], batch["attention_mask"]
         labels = ids.masked_fill(mask == 0, -100)
         real_targets = int((labels[:, 1:] != -100).sum())
-        predicted = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False,
-                          output_patch_lengths=True)
-        totals["blt"] += predicted.loss.item() * real_targets
         oracle = model(input_ids=ids, attention_mask=mask, patch_lengths=batch["patch_lengths"], labels=labels,
                        use_cache=False)
         totals["blt_token_patches"] += oracle.loss.item() * real_targets
         num_bytes += real_targets
+        if not own_patches:
+            continue
+        predicted = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False,
+                          output_patch_lengths=True)
+        totals["blt"] += predicted.loss.item() * real_targets
         num_patches += int((predicted.patch_lengths > 0).sum()) - len(group)  # BOS patches aside
         from ..patching import starts_from_patch_lengths
 
@@ -522,7 +533,11 @@ def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_
     result = {f"{k}_bits_per_byte": round(v / math.log(2) / num_bytes, 4) for k, v in totals.items()}
     if llama is None:
         result.pop("source_bits_per_byte")
-    result.update(bytes=num_bytes, bytes_per_patch=round(num_bytes / max(num_patches, 1), 3),
+    result.update(bytes=num_bytes)
+    if not own_patches:
+        result.pop("blt_bits_per_byte")
+        return result
+    result.update(bytes_per_patch=round(num_bytes / max(num_patches, 1), 3),
                   boundary_agreement=round(agree / max(positions, 1), 4))
     return result
 
