@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, replace
+
 import torch
 
 from .patching import ChunkPatches, PatchingState, move_kept_to_front, row_positions
@@ -319,6 +322,20 @@ def select_patch(patch_kv, patch_index: torch.Tensor):
     ]
 
 
+@dataclass(frozen=True)
+class SourceLookahead:
+    """A source-patching cut not yet confirmed (`BLTConfig.patching_lookahead`): the last step closed the patches
+    of rows `speculated` [B]; the next byte b keeps a row's cut when `end_scores[row, b]` (the log-odds of the cut
+    after seeing b, [B, vocab]) exceeds the threshold, else the step is redone from `before` (a `BLTCache.snapshot`)
+    on `input_ids` [B, 1] (and `attention_mask`, that step's column or None) without that row's cut."""
+
+    before: dict
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    speculated: torch.Tensor
+    end_scores: torch.Tensor
+
+
 class BLTCache:
     """Everything BLT needs to continue a batch of byte sequences without recomputing them.
 
@@ -357,6 +374,7 @@ class BLTCache:
         self.current_patch_readouts: list | None = None  # their one-byte decoding form (`slot_readout`), if made
         self.current_patch_state: torch.Tensor | None = None  # [B, 1, d_global]: its global state (token head)
         self.current_patch_cumulative: torch.Tensor | None = None  # [B, 1, tokens + 1]: its token head table
+        self.source_lookahead: SourceLookahead | None = None  # a cut the next byte confirms or undoes
         self.continuable = True  # False once a row had padding after real bytes (right padding)
         self.open_patch_begin = torch.zeros(batch_size, dtype=torch.long, device=device)  # position it began at
         self.record_past = False  # `activate_past_recording`: calls are recorded so that `crop` can undo them
@@ -407,7 +425,7 @@ class BLTCache:
     # ---------------------------------------------------------------- rollback (speculative decoding)
     _STATE = ("patching", "byte_history", "num_bytes", "seen_tokens", "open_patch_states", "open_patch_valid",
               "current_patch_kv", "current_patch_readouts", "current_patch_state", "current_patch_cumulative",
-              "continuable", "open_patch_begin")
+              "continuable", "open_patch_begin", "source_lookahead")
 
     def _windows(self) -> dict[str, SlidingWindowCache]:
         caches = {"encoder": self.encoder, "decoder": self.decoder}
@@ -433,6 +451,16 @@ class BLTCache:
             cache.restore(snapshot["windows"][name])
         self.global_.restore(snapshot["global"])
         self._records = []
+
+    def own_buffers(self) -> None:
+        """Give the window and patch caches copies of their buffers: calls after a `restore` then rewrite the
+        positions they undo without touching snapshots taken before the restore."""
+        for window_cache in self._windows().values():
+            window_cache.snapshotted = True
+            if window_cache.capacity:
+                window_cache._relocate(window_cache.capacity)
+        self.global_.keys = [None if k is None else k.clone() for k in self.global_.keys]
+        self.global_.values = [None if v is None else v.clone() for v in self.global_.values]
 
     def activate_past_recording(self) -> None:
         """Record every following call so that `crop` can undo any number of its last bytes (transformers'
@@ -574,8 +602,26 @@ class BLTCache:
         self.current_patch_readouts = None  # remade from current_patch_kv at the next step
         if self.current_patch_state is not None:
             self.current_patch_state = self.current_patch_state.index_select(0, beam_idx)
+        if self.current_patch_cumulative is not None:
             self.current_patch_cumulative = self.current_patch_cumulative.index_select(0, beam_idx)
+        pending = self.source_lookahead
+        if pending is not None:
+            self.source_lookahead = replace(
+                pending, before=self._reordered_snapshot(pending.before, beam_idx),
+                input_ids=pending.input_ids.index_select(0, beam_idx),
+                attention_mask=None if pending.attention_mask is None else pending.attention_mask.index_select(
+                    0, beam_idx),
+                speculated=pending.speculated.index_select(0, beam_idx),
+                end_scores=pending.end_scores.index_select(0, beam_idx))
         return self
+
+    def _reordered_snapshot(self, snapshot: dict, index: torch.Tensor) -> dict:
+        """`snapshot` with its rows selected by `index`, made on a copy of this cache (this one is untouched)."""
+        other = copy.copy(self)
+        other.patcher, other.encoder, other.decoder, other.global_ = (
+            copy.copy(part) for part in (self.patcher, self.encoder, self.decoder, self.global_))
+        other.restore(snapshot)
+        return other.reorder_cache(index).snapshot()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         index = torch.arange(self.num_bytes.shape[0], device=self.num_bytes.device).repeat_interleave(repeats)

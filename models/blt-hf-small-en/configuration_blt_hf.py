@@ -310,7 +310,8 @@ class BLTConfig(PreTrainedConfig):
             exceeds `patching_threshold`; see `blt-hf byteify`),
             "source" (a byte-ified model's own source model decides: byte j >= 2 starts a patch when the token
             head's log-odds that the patch's bytes so far are a whole token exceed `patching_threshold`; it needs
-            the global states before each decision, so the model runs one byte at a time).
+            the global states before each decision, so the model runs one byte at a time; see
+            `patching_lookahead`).
             In every mode byte 0 (BOS) is a patch of its own and byte 1 starts the next patch.
         patching_threshold: Entropy threshold θ in nats (released: 1.335442066192627). Byte j >= 2 starts a patch
             when H(j-1) > θ. With `monotonicity` it is the threshold on the rise H(j-1) - H(j-2).
@@ -332,6 +333,14 @@ class BLTConfig(PreTrainedConfig):
             final norm and the vocabulary embedding rows as its tied output matrix), mixed with the local decoder's
             own prediction. Needs vocab_embedding_rows.
         token_head_fallback: The token head's initial weight on the local decoder's own prediction (0 < w < 1).
+        patching_lookahead: In "source" patching, decide each boundary one byte later, as the source tokenizer
+            does: where the token head gives the open patch a probability of at least `patching_lookahead_min_end`
+            of being a whole token, the model closes it speculatively, predicts the next byte as the mixture of "the token
+            goes on" and "a new token starts" (the new patch's own prediction), and keeps the cut only if, after
+            seeing that byte, the log-odds of the cut exceed `patching_threshold` (else it redoes the byte without
+            it). Closer to the source model's bits per byte, at the cost of speculative global-transformer runs.
+        patching_lookahead_min_end: The least probability of "the token ends here" worth a speculative cut
+            (0 < p <= 1); below it the patch goes on and the end mass goes to the local decoder's prediction.
         patcher_config / encoder_config / global_config / decoder_config: the four stacks (dict, config or None).
         vocab_size: 260 ids: 4 special ids (0 BOE/pad, 1 BOS, 2 EOS, 3 BPE delimiter) and byte b as b + 4.
         num_hidden_layers: The global transformer's layer count (derived; transformers utilities read it).
@@ -371,6 +380,8 @@ class BLTConfig(PreTrainedConfig):
     vocab_embedding_max_bytes: int = 16
     token_head: bool = False
     token_head_fallback: float = 0.05
+    patching_lookahead: bool = False
+    patching_lookahead_min_end: float = 0.01
     patcher_config: dict | PreTrainedConfig | None = None
     encoder_config: dict | PreTrainedConfig | None = None
     global_config: dict | PreTrainedConfig | None = None
@@ -420,6 +431,11 @@ class BLTConfig(PreTrainedConfig):
             raise err("token_head", "the token head reads the source vocabulary: set vocab_embedding_rows")
         if not 0 < self.token_head_fallback < 1:
             raise err("token_head_fallback", f"must be between 0 and 1 (exclusive), got {self.token_head_fallback}")
+        if self.patching_lookahead and self.patching_mode != "source":
+            raise err("patching_lookahead", f"look-ahead is a rule of source patching, not {self.patching_mode!r}")
+        if not 0 < self.patching_lookahead_min_end <= 1:
+            raise err("patching_lookahead_min_end",
+                      f"must be a probability in (0, 1], got {self.patching_lookahead_min_end}")
         if self.patch_size < 1:
             raise err("patch_size", f"must be >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:

@@ -25,7 +25,7 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .cache import BLTCache, select_patch
+from .cache import BLTCache, SourceLookahead, select_patch
 from .configuration_blt_hf import BOE_ID, BYTE_OFFSET, BLTConfig
 from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
@@ -100,7 +100,7 @@ class BLTModel(BLTPreTrainedModel):
         if config.token_head:
             self.token_head = BLTTokenHead(config.global_config.hidden_size, config.vocab_embedding_rows,
                                            config.vocab_embedding_max_bytes, config.global_config.rms_norm_eps,
-                                           config.token_head_fallback)
+                                           config.token_head_fallback, config.vocab_size)
         self.patcher = None
         if config.has_patcher:
             self.patcher = BLTPatcher(config.patcher_config)
@@ -171,6 +171,7 @@ class BLTModel(BLTPreTrainedModel):
         output_patch_lengths: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         patch_states: torch.Tensor | None = None,
+        source_patch_ends: torch.Tensor | None = None,
         **kwargs,
     ) -> BLTModelOutput:
         r"""
@@ -184,6 +185,8 @@ class BLTModel(BLTPreTrainedModel):
         past_key_values: a `BLTCache` to continue; returned updated when `use_cache`.
         patch_states [B, >= P, d_global]: the global transformer's outputs for the patches, given instead of running
             it (stage-1 byte-ification with a frozen global transformer, `training.byteify`). Without a cache.
+        source_patch_ends [B] bool: in a one-byte source-patching step, whether each row's patch ends at this byte,
+            instead of the token head's decision (`BLTForCausalLM`'s look-ahead, `config.patching_lookahead`).
         """
         if inputs_embeds is not None:
             raise ValueError("BLT needs input_ids: its hash n-gram embeddings and patching read the byte ids")
@@ -216,7 +219,7 @@ class BLTModel(BLTPreTrainedModel):
 
         # 1. patching: where the chunk's patches start and which close
         patches = self._chunk_patches(ids, positions, valid, cache, patch_lengths, documents=documents,
-                                      document_positions=document_positions)
+                                      document_positions=document_positions, source_ends=source_patch_ends)
 
         # 2. byte states
         history = cache.byte_history if cache is not None else None
@@ -410,7 +413,7 @@ class BLTModel(BLTPreTrainedModel):
         return cache, use_cache
 
     def _chunk_patches(self, ids, positions, valid, cache, patch_lengths=None, *, documents=None,
-                       document_positions=None) -> ChunkPatches:
+                       document_positions=None, source_ends=None) -> ChunkPatches:
         """Where the chunk's patches start: the patching rule (continuing the cache's state), or `patch_lengths`."""
         batch, device = ids.shape[0], ids.device
         patches_before = cache.num_patches if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
@@ -420,7 +423,7 @@ class BLTModel(BLTPreTrainedModel):
             initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
             scores = None
             if rule.mode == "source" and patch_lengths is None:
-                scores = self._source_end_scores(ids, positions, valid, cache)
+                scores = self._source_end_scores(ids, positions, valid, cache, source_ends)
             starts, next_starts, state, entropies = compute_patch_starts(
                 rule, ids, positions, valid, initial, patcher=self.patcher,
                 patcher_cache=cache.patcher if cache is not None else None, documents=documents,
@@ -437,19 +440,26 @@ class BLTModel(BLTPreTrainedModel):
         return ChunkPatches(starts, next_starts, valid, patches_before, state,
                             rule if patch_lengths is None else None, entropies)
 
-    def _source_end_scores(self, ids, positions, valid, cache) -> torch.Tensor:
+    def _source_end_scores(self, ids, positions, valid, cache, source_ends=None) -> torch.Tensor:
         """Source patching's score [B, 1] of a one-byte step: the token head's log-odds that the open patch's bytes
-        (this one included) are a whole token, under the global state that predicts that token."""
+        (this one included) are a whole token, under the global state that predicts that token (source_ends [B]:
+        decided by the caller instead, +-inf)."""
         if cache is None or ids.shape[1] != 1:
             raise ValueError("source patching decides after each byte with the global states so far: run one byte "
                              "at a time with a cache (BLTForCausalLM does this for longer inputs)")
+        if source_ends is not None:
+            return torch.where(source_ends.view(-1, 1).bool(), torch.inf, -torch.inf)
         current = self._current_cumulative(cache)
         if current is None:  # only BOS so far: the rule starts the next patch anyway
             return torch.zeros(ids.shape, device=ids.device)
+        prefix, lengths = self._open_patch_prefix(ids, positions, valid, cache)
+        return self.token_head.end_logits(current, prefix, lengths)
+
+    def _open_patch_prefix(self, ids, positions, valid, cache):
+        """The open patch's bytes with a one-byte step's byte: prefix [B, 1, max_bytes] and lengths [B, 1]."""
         starts = cache.patching.pending_start[:, None] & valid
         begins = patch_begins(starts, positions, cache.open_patch_begin)
-        prefix, lengths = self._target_prefixes(ids, cache.byte_history, positions, begins, torch.zeros_like(valid))
-        return self.token_head.end_logits(current, prefix, lengths)
+        return self._target_prefixes(ids, cache.byte_history, positions, begins, torch.zeros_like(valid))
 
     @staticmethod
     def _starts_from_lengths(patch_lengths, positions, valid, cache, document_positions):
@@ -561,7 +571,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
         window rather than the prompt."""
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
-                and input_ids is not None and input_ids.shape[1] > 1):
+                and input_ids is not None and (input_ids.shape[1] > 1 or self.config.patching_lookahead)):
             return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
                                               logits_to_keep, output_patch_lengths, **kwargs)
         chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
@@ -623,10 +633,17 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             keep_from = max(length - logits_to_keep, 0)
         cache, logits, next_starts = past_key_values, [], []
         fresh = past_key_values is None or past_key_values.seen_tokens == 0
+        if cache is None:
+            cache = BLTCache(self.config, batch, input_ids.device)
         for column in range(length):
             mask = None if attention_mask is None else attention_mask[:, offset + column : offset + column + 1]
-            step = self(input_ids[:, column : column + 1], attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+            byte = input_ids[:, column : column + 1]
+            if self.config.patching_lookahead:
+                step, confirmed = self._source_lookahead_step(byte, mask, cache)
+                if confirmed is not None and column > 0:
+                    next_starts[-1] = confirmed  # the previous byte's cut, decided with this byte
+            else:
+                step = self(byte, attention_mask=mask, past_key_values=cache, use_cache=True)
             if column >= keep_from:
                 logits.append(step.logits)
             next_starts.append(cache.patching.pending_start)
@@ -650,6 +667,10 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
 
     def _spell_source_tokens(self, head_inputs, keep, byte_logits) -> torch.Tensor:
         """The token head's next-byte log-probabilities for the kept positions (`BLTTokenHead`)."""
+        return self.model.token_head(*self._token_head_arguments(head_inputs, keep), byte_logits)
+
+    def _token_head_arguments(self, head_inputs, keep):
+        """(cumulative, reads, prefix, lengths) of `BLTTokenHead.parts` for the kept positions."""
         table, cumulative, reads, prefix, lengths = head_inputs
         reads, prefix, lengths = reads[:, keep], prefix[:, keep], lengths[:, keep]
         if cumulative is None:
@@ -657,7 +678,74 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 table = table.gather(1, reads[..., None].expand(-1, -1, table.shape[2]))
                 reads = torch.arange(reads.shape[1], device=reads.device).expand_as(reads)
             cumulative = self.model.token_head.token_cumulative(table, self.model.encoder_vocab_embedding.weight)
-        return self.model.token_head(cumulative, reads, prefix, lengths, byte_logits)
+        return cumulative, reads, prefix, lengths
+
+    def _source_lookahead_step(self, input_ids, attention_mask, cache: BLTCache):
+        """One byte [B, 1] of source patching with look-ahead (`config.patching_lookahead`) through `cache`.
+
+        First this byte confirms or undoes the cuts the last step made speculatively (`_confirm_source_cuts`).
+        Then the byte runs, closing the open patch where the token head gives "the token ends here" a probability
+        of at least `patching_lookahead_min_end`; for those rows the next byte's prediction is the mixture of
+        "the token goes on" (the open patch's token table) and "it ended" (the new patch's own prediction), and
+        the cut waits for the next byte. Returns the output and, when a cut was pending, whether each row's
+        previous byte ended a patch (else None)."""
+        model, head = self.model, self.model.token_head
+        recording = cache.record_past
+        if recording:  # crop() undoes this whole step, the confirmation included: one record for it
+            records, before_step = list(cache._records), cache.snapshot()
+        confirmed = self._confirm_source_cuts(input_ids, cache)
+        valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                 else attention_mask[:, -1:].bool())
+        token_table = model._current_cumulative(cache)
+        speculate, before, open_parts = None, None, None
+        if token_table is not None:  # a patch is open after BOS: how likely its bytes are a whole token
+            positions = row_positions(valid, cache.num_bytes)
+            prefix, lengths = model._open_patch_prefix(input_ids, positions, valid, cache)
+            open_parts = head.parts(token_table, torch.zeros_like(lengths), prefix, lengths)
+            _, ending, known = open_parts
+            speculate = (torch.where(known, ending, 1.0) >= self.config.patching_lookahead_min_end)[:, 0] & valid[:, 0]
+            if bool(speculate.any()):
+                before = cache.snapshot()
+        outputs = model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                        source_patch_ends=speculate)
+        byte_logits = self.lm_head(outputs.last_hidden_state).float()
+        q = torch.softmax(byte_logits, dim=-1).double()
+        spelled = head.spell(head.parts(*self._token_head_arguments(outputs.token_head_inputs, slice(None))), q)
+        if before is not None:
+            # rows that cut: `spelled` is the new patch's first-byte distribution, what follows a whole token
+            lookahead = head.spell(open_parts, spelled)
+            continuing, ending, known = open_parts
+            end_scores = torch.log(ending[..., None] * spelled) - torch.log(continuing)
+            end_scores = torch.where((continuing > 0) & known[..., None], end_scores, torch.inf)
+            cache.source_lookahead = SourceLookahead(
+                before, input_ids, None if attention_mask is None else attention_mask[:, -1:], speculate,
+                end_scores[:, 0].float())
+            spelled = torch.where(speculate[:, None, None], lookahead, spelled)
+        if recording:
+            cache._records = [*records, {"before": before_step, "columns": 1}]
+        logits = head.mix(spelled, byte_logits)
+        return BLTCausalLMOutput(logits=logits, past_key_values=cache), confirmed
+
+    def _confirm_source_cuts(self, input_ids, cache: BLTCache) -> torch.Tensor | None:
+        """Settle the cuts the last step made speculatively (`SourceLookahead`), now that its next byte
+        (`input_ids` [B, 1]) is known: a cut stays where its log-odds given that byte exceed `patching_threshold`;
+        if any row's does not, the last step is redone from before it, those rows without their cut. Returns
+        whether each row's patch ended at the last byte (None when no cut was pending)."""
+        pending = cache.source_lookahead
+        if pending is None:
+            return None
+        cache.source_lookahead = None
+        scores = pending.end_scores.gather(1, input_ids[:, :1].to(pending.end_scores.device)).squeeze(1)
+        kept = pending.speculated & (scores > self.config.patching_threshold)
+        if bool((pending.speculated & ~kept).any()):
+            records = cache._records
+            cache.restore(pending.before)
+            if cache.record_past:  # rewriting the undone positions must leave the recorded snapshots intact
+                cache._records = records
+                cache.own_buffers()
+            self.model(pending.input_ids, attention_mask=pending.attention_mask, past_key_values=cache,
+                       use_cache=True, source_patch_ends=kept)
+        return cache.patching.pending_start
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """transformers' `generate`, plus exact self-speculative decoding: `speculative_bytes=k` (a generate kwarg

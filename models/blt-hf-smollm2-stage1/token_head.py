@@ -12,6 +12,11 @@ target starts a new patch). Over tokens t with p(t):
   follows (the next token is not known before its patch closes);
 * no token begins with s (the patcher cut differently than the tokenizer would): q.
 
+With look-ahead (`BLTConfig.patching_lookahead`) the model cuts speculatively where the prefix may be a whole token
+and "what follows a whole token" is no longer q but the closed patch's own first-byte distribution
+(`BLTForCausalLM._source_lookahead_step`): p(b) = [P(t begins with s + b) + P(t = s) p_next(b)] / P(t begins with s),
+and the next byte b keeps the cut when log P(t = s) p_next(b) - log P(t begins with s + b) exceeds the threshold.
+
 The result is mixed with q, p = (1 - w) p + w q, w = sigmoid(`fallback_logit`) (learned), so no byte has zero
 probability. Computed exactly with a sorted-vocabulary table: tokens sorted by their bytes make every prefix a
 contiguous range, found by binary search depth by depth, and each patch's probabilities summed once in that order.
@@ -32,8 +37,10 @@ class BLTTokenHead(nn.Module):
     """The source model's final norm and its output rows' byte spellings (`token_bytes` [rows, max_bytes], -1
     after each token's end, all -1 for rows without bytes); the output matrix is the caller's (tied)."""
 
-    def __init__(self, hidden_size: int, rows: int, max_bytes: int, eps: float, fallback: float):
+    def __init__(self, hidden_size: int, rows: int, max_bytes: int, eps: float, fallback: float,
+                 vocab_size: int):
         super().__init__()
+        self.vocab_size = vocab_size
         self.norm = BLTRMSNorm(hidden_size, eps)
         self.fallback_logit = nn.Parameter(torch.tensor(math.log(fallback / (1 - fallback))))
         self.register_buffer("token_bytes", torch.full((rows, max_bytes), -1, dtype=torch.int16))
@@ -136,13 +143,15 @@ class BLTTokenHead(nn.Module):
         odds = torch.where(longer > 0, odds, torch.inf)
         return torch.where(prefix_length == 0, 0.0, odds).float()
 
-    def forward(self, cumulative, reads, prefix, prefix_length, byte_logits):
-        """Log-probabilities [B, n, vocab] of the next byte.
+    def parts(self, cumulative, reads, prefix, prefix_length):
+        """The head's next-byte distribution in parts (fp64): p(b) = continuing(b) + ending * after(b), where
+        `after` is what follows a whole token (see `spell`).
 
         cumulative [B, E, rows + 1]: `token_cumulative` of the global outputs the bytes read; reads [B, n]: the
         entry each byte reads; prefix [B, n, max_bytes] (byte values, any value past prefix_length) and
-        prefix_length [B, n]: the seen part of the target's patch; byte_logits [B, n, vocab]: the local decoder's
-        own prediction (q)."""
+        prefix_length [B, n]: the seen part of the target's patch. Returns continuing [B, n, vocab] (the tokens
+        that go on with byte b; at a patch start also the specials' mass on EOS), ending [B, n] (P(the token is
+        exactly the prefix)) and known [B, n] (some token begins with the prefix)."""
         _, _, keys, count, stride = self._sorted_table()
         mass = self._masses(cumulative, reads)
         lo, hi = self.prefix_ranges(prefix, prefix_length)
@@ -153,16 +162,30 @@ class BLTTokenHead(nn.Module):
         children = mass(child_lo, child_hi)  # [B, n, 256]
         prefix_mass = mass(lo, hi)
         ends = self._ends(mass, lo, hi, prefix_length)
-
-        q = torch.softmax(byte_logits.float(), dim=-1).double()
         first = prefix_length == 0
         denominator = torch.where(first, 1.0, prefix_mass).clamp(min=1e-300)
-        spelled = torch.zeros_like(q)
-        spelled[..., BYTE_OFFSET : BYTE_OFFSET + 256] = children / denominator[..., None]
+        continuing = children.new_zeros(*children.shape[:-1], self.vocab_size)
+        continuing[..., BYTE_OFFSET : BYTE_OFFSET + 256] = children / denominator[..., None]
         unspelled = mass(torch.full_like(reads, count), torch.full_like(reads, cumulative.shape[-1] - 1))
-        spelled[..., EOS_ID] = torch.where(first, unspelled, 0)
-        spelled = spelled + (ends / denominator)[..., None] * q
-        known = first | (prefix_mass > 0)
-        spelled = torch.where(known[..., None], spelled, q)
+        continuing[..., EOS_ID] = torch.where(first, unspelled, 0)
+        return continuing, ends / denominator, first | (prefix_mass > 0)
+
+    @staticmethod
+    def spell(parts, after) -> torch.Tensor:
+        """p(b) [B, n, vocab] from `parts`, given `after` [B, n, vocab]: the distribution of the byte that follows
+        a whole token (the local decoder's q; with look-ahead, the next patch's own first-byte distribution). No
+        token beginning with the prefix (the patcher cut differently than the tokenizer would): `after`."""
+        continuing, ending, known = parts
+        return torch.where(known[..., None], continuing + ending[..., None] * after, after)
+
+    def mix(self, spelled, byte_logits) -> torch.Tensor:
+        """Log-probabilities [B, n, vocab]: (1 - w) spelled + w q, q the local decoder's own prediction."""
+        q = torch.softmax(byte_logits.float(), dim=-1).double()
         fallback = torch.sigmoid(self.fallback_logit.double())
         return torch.log(((1 - fallback) * spelled + fallback * q).clamp(min=1e-300)).float()
+
+    def forward(self, cumulative, reads, prefix, prefix_length, byte_logits):
+        """Log-probabilities [B, n, vocab] of the next byte (arguments as in `parts`; byte_logits [B, n, vocab]:
+        the local decoder's own prediction q, which also follows a whole token)."""
+        q = torch.softmax(byte_logits.float(), dim=-1).double()
+        return self.mix(self.spell(self.parts(cumulative, reads, prefix, prefix_length), q), byte_logits)
