@@ -26,8 +26,8 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m blt_hf.tools.demo
 	$(PY) -m blt_hf.tools.demo_byteified
+	$(PY) -m blt_hf.tools.demo
 
 bench: install
 	$(PY) eval/run_benchmarks.py

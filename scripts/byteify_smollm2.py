@@ -44,8 +44,8 @@ from blt_hf.training.byteify import (  # noqa: E402
     held_out,
     stage1_loss,
     start_token_id,
-    token_patch_loss,
     text_windows,
+    token_patch_loss,
     train_stage,
 )
 

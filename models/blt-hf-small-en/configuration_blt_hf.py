@@ -335,10 +335,11 @@ class BLTConfig(PreTrainedConfig):
         token_head_fallback: The token head's initial weight on the local decoder's own prediction (0 < w < 1).
         patching_lookahead: In "source" patching, decide each boundary one byte later, as the source tokenizer
             does: where the token head gives the open patch a probability of at least `patching_lookahead_min_end`
-            of being a whole token, the model closes it speculatively, predicts the next byte as the mixture of "the token
-            goes on" and "a new token starts" (the new patch's own prediction), and keeps the cut only if, after
-            seeing that byte, the log-odds of the cut exceed `patching_threshold` (else it redoes the byte without
-            it). Closer to the source model's bits per byte, at the cost of speculative global-transformer runs.
+            of being a whole token, the model closes it speculatively, predicts the next byte as the mixture of
+            "the token goes on" and "a new token starts" (the new patch's own prediction), and keeps the cut only
+            if, after seeing that byte, the log-odds of the cut exceed `patching_threshold` (else it redoes the
+            byte without it). Closer to the source model's bits per byte, at the cost of speculative
+            global-transformer runs.
         patching_lookahead_min_end: The least probability of "the token ends here" worth a speculative cut
             (0 < p <= 1); below it the patch goes on and the end mass goes to the local decoder's prediction.
         patcher_config / encoder_config / global_config / decoder_config: the four stacks (dict, config or None).

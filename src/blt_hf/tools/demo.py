@@ -1,4 +1,4 @@
-"""`make demo`: the shipped default model (models/blt-hf-small-en), end to end on a fresh machine.
+"""`make demo`, second part: the small BLT trained from scratch (models/blt-hf-small-en), end to end.
 
 Loads it with `from_pretrained`, splits a text into entropy patches (printed with per-byte entropies, plotted to a
 PNG), generates a continuation with the cached generator (and checks it against full recomputation), and measures
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .reports import DEFAULT_MODEL, REPO
+from .reports import REPO, SMALL_MODEL
 
 HELD_OUT_SAMPLE = REPO / "tests" / "data" / "heldout_sample.txt"
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
@@ -53,7 +53,7 @@ def _generate(model, ids, new_bytes: int, **options):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a blt_hf checkpoint folder")
+    parser.add_argument("--model", default=str(SMALL_MODEL), help="a blt_hf checkpoint folder")
     parser.add_argument("--plot", default="demo_patches.png", help="where to write the entropy plot")
     parser.add_argument("--text", default=TEXT, help="text to split into patches")
     parser.add_argument("--prompt", default=PROMPT, help="prompt to continue")
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     cached, cached_speed = _generate(model, ids, 256, do_sample=False)
     uncached, uncached_speed = _generate(model, ids, 64, do_sample=False, use_cache=False)
     same = torch.equal(cached[:, : uncached.shape[1]], uncached)
-    print(speed_context(cached_speed, torch.get_num_threads(), folder.resolve() == DEFAULT_MODEL.resolve()))
+    print(speed_context(cached_speed, torch.get_num_threads(), folder.resolve() == SMALL_MODEL.resolve()))
     print(f"full recomputation (no cache): {uncached_speed:.0f} bytes/s (64 bytes); first 64 greedy bytes identical "
           f"to cached decoding: {same}")
     if not same:

