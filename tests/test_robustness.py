@@ -23,6 +23,7 @@ from blt_hf.evaluation.robustness import (
     random_case,
     repeat,
     run_suite,
+    suite_scores,
     upper_case,
     words_from,
     words_from_file,
@@ -157,6 +158,24 @@ def test_suite_files_and_report(tmp_path):
     assert "| HellaSwag | noise average | 0.500 |" in report and "| characters | average | 0.250 |" in report
     assert words_from(["The the THE cat cat dog"], count=2) == ["the", "cat"]
 
+
+
+def test_suite_scores_average_the_noises_and_the_character_tasks():
+    tasks = ["robust_hellaswag"] + [f"robust_hellaswag_{n}_{t}" for n in NOISES for t in TARGETS]
+    results = {task: {"acc,none": 0.1 * (i % 7), "acc_norm,none": 1.0} for i, task in enumerate(tasks)}
+    results.update({f"cute_{task}": {"exact_match,none": 0.05 * i} for i, task in enumerate(CHARACTER_TASKS)})
+    scores = suite_scores(results)
+    assert scores["hellaswag/original"] == 0.0  # acc, not acc_norm
+    noise_means = []
+    for noise in NOISES:
+        mean = sum(results[f"robust_hellaswag_{noise}_{t}"]["acc,none"] for t in TARGETS) / 3
+        assert scores[f"hellaswag/{noise}"] == pytest.approx(mean)
+        noise_means.append(mean)
+    assert scores["hellaswag/noise_average"] == pytest.approx(sum(noise_means) / len(NOISES))
+    assert scores["characters/average"] == pytest.approx(0.05 * sum(range(len(CHARACTER_TASKS))) / len(CHARACTER_TASKS))
+    assert len(scores) == 1 + len(NOISES) + 1 + len(CHARACTER_TASKS) + 1
+    report = markdown_report(results)  # the table lists exactly these numbers, in this order
+    assert [float(line.split("|")[3]) for line in report.splitlines()[2:]] == [round(v, 3) for v in scores.values()]
 
 def test_words_from_a_word_list(tmp_path):
     listing = tmp_path / "words"

@@ -216,25 +216,36 @@ def write_suite(folder: str | Path, hellaswag: str | Path, limit: int | None = 2
     return tasks
 
 
+def suite_scores(results: dict) -> dict[str, float]:
+    """The suite's headline numbers from its lm-eval results ({task: {"acc,none": ...}}): HellaSwag accuracy on the
+    original rows ("hellaswag/original"), each noise averaged over prompt/completion/both ("hellaswag/<noise>") and
+    over all noises ("hellaswag/noise_average"), each character task's exact match ("characters/<task>") and their
+    mean ("characters/average"). Works for any lm-eval model (a BLT, a byte-level or a subword model)."""
+    scores = {"hellaswag/original": results["robust_hellaswag"]["acc,none"]}
+    for noise in NOISES:
+        scores[f"hellaswag/{noise}"] = sum(results[f"robust_hellaswag_{noise}_{t}"]["acc,none"]
+                                           for t in TARGETS) / len(TARGETS)
+    scores["hellaswag/noise_average"] = sum(scores[f"hellaswag/{noise}"] for noise in NOISES) / len(NOISES)
+    for task in CHARACTER_TASKS:
+        scores[f"characters/{task}"] = results[f"cute_{task}"]["exact_match,none"]
+    scores["characters/average"] = sum(scores[f"characters/{task}"] for task in CHARACTER_TASKS) / len(CHARACTER_TASKS)
+    return scores
+
+
+SCORE_LABELS = {"hellaswag/original": ("HellaSwag", "original"),
+                **{f"hellaswag/{noise}": ("HellaSwag", f"{noise} (prompt / completion / both averaged)")
+                   for noise in NOISES},
+                "hellaswag/noise_average": ("HellaSwag", "noise average"),
+                **{f"characters/{task}": ("characters", task) for task in CHARACTER_TASKS},
+                "characters/average": ("characters", "average")}
+
+
 def markdown_report(results: dict) -> str:
     """The suite's lm-eval results as a markdown table (HellaSwag noise averaged over prompt/completion/both)."""
-    def acc(task, metric="acc,none"):
-        return results[task][metric]
-
-    lines = ["| suite | task | accuracy |", "|---|---|---|",
-             f"| HellaSwag | original | {acc('robust_hellaswag'):.3f} |"]
-    averages = []
-    for noise in NOISES:
-        value = sum(acc(f"robust_hellaswag_{noise}_{t}") for t in TARGETS) / len(TARGETS)
-        averages.append(value)
-        lines.append(f"| HellaSwag | {noise} (prompt / completion / both averaged) | {value:.3f} |")
-    lines.append(f"| HellaSwag | noise average | {sum(averages) / len(averages):.3f} |")
-    character = []
-    for task in CHARACTER_TASKS:
-        value = results[f"cute_{task}"]["exact_match,none"]
-        character.append(value)
-        lines.append(f"| characters | {task} | {value:.3f} |")
-    lines.append(f"| characters | average | {sum(character) / len(character):.3f} |")
+    lines = ["| suite | task | accuracy |", "|---|---|---|"]
+    for key, value in suite_scores(results).items():
+        suite, task = SCORE_LABELS[key]
+        lines.append(f"| {suite} | {task} | {value:.3f} |")
     return "\n".join(lines) + "\n"
 
 
