@@ -7,6 +7,7 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
 
     python scripts/byteify_smollm2.py teacher --minutes 60     # the frozen SmolLM2's outputs on training windows
     python scripts/byteify_smollm2.py stage1 --minutes 90      # boundary predictor, then the local stacks
+    python scripts/byteify_smollm2.py head --minutes 30        # stage 1 continued through the token head
     python scripts/byteify_smollm2.py eval                     # bits per byte on held-out prose, docs, code
     python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
     python scripts/byteify_smollm2.py tune                     # source patching threshold / fallback on train text
@@ -150,6 +151,18 @@ def stage1(args):
                 args.stage1_steps, 1e-3, STAGE1_TRAINABLE, "stage1", deadline=deadline, log=log)
 
 
+def head(args):
+    """Stage 1 continued through the token head (which came after stage 1): the same loss on the same shards, now
+    on the model's real output, so that the local decoder learns what the head's spelling misses (the share the
+    fallback weight gives it). The fallback weight itself stays as tuned. Starts from stage 1's weights."""
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = load_trained(args, folder, tokenizer)
+    shards = TeacherShards(Path(args.work) / "teacher")
+    train_stage(model, model, stage1_loss, ShardStream(shards, vocabulary, args.batch_windows), Path(args.work),
+                args.head_steps, 3e-4, STAGE1_TRAINABLE, "head", checkpoint_every=10,
+                deadline=time.time() + 60 * args.minutes, log=lambda m: print(m, flush=True))
+
+
 def scratch_model(args, folder, tokenizer):
     """The byte-ified architecture with every weight random (buffers, e.g. the vocabulary's spellings, kept): the
     from-scratch baseline, with its training under --work/scratch when there is one."""
@@ -184,7 +197,7 @@ def load_trained(args, folder, tokenizer):
 
     model, vocabulary = byteified(args, folder, tokenizer)
     work = Path(args.work)
-    for stage, module in (("boundary", model.model.patcher), ("stage1", model)):
+    for stage, module in (("boundary", model.model.patcher), ("stage1", model), ("head", model)):
         weights = work / stage / "weights.safetensors"
         if module is not None and weights.is_file():
             module.load_state_dict(load_file(str(weights)), strict=False)
@@ -213,7 +226,7 @@ def evaluate(args):
         results[kind] = evaluate_windows(model, llama, windows, vocabulary, start, own_patches=not args.scratch)
         print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
     steps = {}
-    for stage in ("scratch",) if args.scratch else ("boundary", "stage1"):
+    for stage in ("scratch",) if args.scratch else ("boundary", "stage1", "head"):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
     print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
@@ -309,11 +322,12 @@ def speed(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher", "stage1", "scratch", "eval", "speed", "tune", "export"])
+    parser.add_argument("step", choices=["teacher", "stage1", "head", "scratch", "eval", "speed", "tune", "export"])
     parser.add_argument("--new-bytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
     parser.add_argument("--stage1-steps", type=int, default=1500)
+    parser.add_argument("--head-steps", type=int, default=100)
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
@@ -334,8 +348,9 @@ def main():
                              "untrained, so only the tokenizer's patches are)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"teacher": teacher, "stage1": stage1, "scratch": scratch, "eval": evaluate, "speed": speed, "tune": tune,
-     "export": export}[args.step](args)
+    steps = {"teacher": teacher, "stage1": stage1, "head": head, "scratch": scratch, "eval": evaluate, "speed": speed,
+             "tune": tune, "export": export}
+    steps[args.step](args)
 
 
 if __name__ == "__main__":
