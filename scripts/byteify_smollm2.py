@@ -204,6 +204,26 @@ def load_trained(args, folder, tokenizer):
     return model.eval(), vocabulary
 
 
+@torch.no_grad()
+def small_model_bits_per_byte(windows, vocabulary) -> float:
+    """Bits per byte of models/blt-hf-small-en (the small BLT trained from scratch, its own entropy patches) on the
+    same windows' bytes."""
+    import math
+
+    from blt_hf import BLTForCausalLM
+    from blt_hf.tools.reports import SMALL_MODEL
+    from blt_hf.training.byteify import window_bytes
+
+    model = BLTForCausalLM.from_pretrained(SMALL_MODEL).eval()
+    nats = count = 0.0
+    for ids, _ in windows:
+        row = torch.tensor([window_bytes(ids, vocabulary)])
+        targets = row.shape[1] - 1
+        nats += model(row, labels=row, use_cache=False).loss.item() * targets
+        count += targets
+    return round(nats / count / math.log(2), 4)
+
+
 def evaluate(args):
     import json
 
@@ -224,6 +244,8 @@ def evaluate(args):
                 break
         begin = time.time()
         results[kind] = evaluate_windows(model, llama, windows, vocabulary, start, own_patches=not args.scratch)
+        if args.small:
+            results[kind]["small_en_bits_per_byte"] = small_model_bits_per_byte(windows, vocabulary)
         print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
     steps = {}
     for stage in ("scratch",) if args.scratch else ("boundary", "stage1", "head"):
@@ -343,6 +365,8 @@ def main():
                              "boundary predictor (with the token head too)")
     parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                         help="source patching decides each cut after seeing the next byte (patching_lookahead)")
+    parser.add_argument("--small", action="store_true",
+                        help="eval: also score models/blt-hf-small-en (the small from-scratch BLT) on the windows")
     parser.add_argument("--scratch", action="store_true",
                         help="eval: the from-scratch baseline (its own patches are not scored: its token head is "
                              "untrained, so only the tokenizer's patches are)")
