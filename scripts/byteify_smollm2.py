@@ -289,6 +289,8 @@ def tune(args):
     settings = ((0.0, 0.05, 0.01), (-1.0, 0.05, 0.01), (1.0, 0.05, 0.01), (0.0, 0.15, 0.01))
     if model.config.patching_lookahead:
         settings = ((0.0, 0.15, 0.01), (0.0, 0.05, 0.01), (0.0, 0.02, 0.01), (0.0, 0.05, 0.002), (1.0, 0.05, 0.01))
+    if args.settings:  # "threshold,fallback,min_end;..."
+        settings = [tuple(float(v) for v in item.split(",")) for item in args.settings.split(";")]
     for threshold, fallback, min_end in settings:
         model.config.patching_threshold, model.config.patching_lookahead_min_end = threshold, min_end
         with torch.no_grad():
@@ -365,6 +367,7 @@ def main():
                              "boundary predictor (with the token head too)")
     parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                         help="source patching decides each cut after seeing the next byte (patching_lookahead)")
+    parser.add_argument("--settings", help='tune: "threshold,fallback,min_end;..." instead of the built-in grid')
     parser.add_argument("--small", action="store_true",
                         help="eval: also score models/blt-hf-small-en (the small from-scratch BLT) on the windows")
     parser.add_argument("--scratch", action="store_true",
