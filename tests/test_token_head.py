@@ -181,6 +181,11 @@ def test_token_head_and_source_patching_refuse_configs_and_sources_that_cannot_w
         BLTConfig(token_head=True)
     with pytest.raises(ValueError, match="token_head_fallback"):
         BLTConfig(token_head=True, vocab_embedding_rows=8, token_head_fallback=1.0)
+    with pytest.raises(ValueError, match="patching_lookahead"):
+        BLTConfig(patching_lookahead=True)  # entropy patching has no token-end odds to look ahead with
+    with pytest.raises(ValueError, match="patching_lookahead_min_end"):
+        BLTConfig(patching_mode="source", token_head=True, vocab_embedding_rows=8, patching_lookahead=True,
+                  patching_lookahead_min_end=0.0)
     _, tokenizer, _ = tied_source
     untied, _, _ = save_tiny_llama(tmp_path / "untied", tokenizer)
     with pytest.raises(ValueError, match="tied word embeddings"):
