@@ -320,3 +320,16 @@ def test_a_shipped_delta_assembles_into_the_model_and_checks_its_logits(tmp_path
     ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:200]]])
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, model(ids, use_cache=False).logits, atol=2e-2)
+    # a model.safetensors assembled from an older delta is never reused: a new delta is assembled afresh
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.5)
+    try:
+        export_delta(model, tmp_path / "newer", {"llama_folder": str(folder)})
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.sub_(0.5)
+    for name in ("delta.safetensors", "assembly.json"):
+        (shipped / name).write_bytes((tmp_path / "newer" / name).read_bytes())
+    assemble(shipped, llama_folder=folder)
+    reloaded = AutoModelForCausalLM.from_pretrained(shipped, trust_remote_code=True).eval()
+    assert torch.equal(reloaded.lm_head.weight, (model.lm_head.weight + 0.5).half().float())

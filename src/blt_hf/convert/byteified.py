@@ -11,6 +11,7 @@ the checksum and writes `model.safetensors` into the folder, after which `from_p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -116,12 +117,29 @@ def assemble_model(folder: str | Path, llama_folder: str | Path | None, source_m
     return model.eval()
 
 
+def _delta_sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / "delta.safetensors").read_bytes()).hexdigest()
+
+
+def assembled_from_this_delta(folder: str | Path) -> bool:
+    """Whether folder/model.safetensors exists and was assembled from folder's current delta."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        recorded = (weights.metadata() or {}).get("delta_sha256")
+    return recorded == _delta_sha256(folder)
+
+
 def assemble(folder: str | Path, cache: str | Path | None = None, llama_folder: str | Path | None = None,
              tolerance: float = 1e-3) -> Path:
     """Write folder/model.safetensors from its delta and the source it names; raise if the logits checksum differs.
-    Returns the folder (ready for `from_pretrained`). Does nothing when model.safetensors is already there."""
+    Returns the folder (ready for `from_pretrained`). Does nothing when model.safetensors was assembled from this
+    very delta (its metadata names the delta's SHA-256); a model.safetensors from another delta is rebuilt."""
     folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
+    if assembled_from_this_delta(folder):
         return folder
     spec = json.loads((folder / "assembly.json").read_text())
     if llama_folder is None:
@@ -139,6 +157,7 @@ def assemble(folder: str | Path, cache: str | Path | None = None, llama_folder: 
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors.partial"), metadata={"format": "pt"})
+    save_file(state, str(folder / "model.safetensors.partial"),
+              metadata={"format": "pt", "delta_sha256": _delta_sha256(folder)})
     os.replace(folder / "model.safetensors.partial", folder / "model.safetensors")
     return folder
