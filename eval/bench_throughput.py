@@ -118,6 +118,32 @@ def cache_read_bytes(cache, global_row_fraction) -> int:
     return cache_bytes(cache)
 
 
+def window_attention_ms(cache, repeats: int = 3) -> float | None:
+    """Milliseconds one decoding step spends in attention over the BLT's local window caches alone: torch's
+    scaled_dot_product_attention of one query per row over each layer's live keys/values, timed on the cache the
+    run left (best of `repeats`). This reading of the windows grows with the batch and no batching amortises it,
+    so batch B over batch 1 cannot exceed B x (batch-1 step) / (this time at batch B)."""
+    if not hasattr(cache, "memory_bytes"):
+        return None
+    buffers = []
+    for window in (cache.encoder, cache.decoder, cache.patcher):
+        if window is None:
+            continue
+        for keys, values in zip(window.keys, window.values, strict=True):
+            if keys is not None:
+                buffers.append((keys[:, :, window.start : window.end], values[:, :, window.start : window.end]))
+    if not buffers:
+        return None
+    queries = [torch.randn_like(keys[:, :, :1]) for keys, _ in buffers]  # local stacks: as many heads as kv heads
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for query, (keys, values) in zip(queries, buffers, strict=True):
+            torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def cache_bytes(cache) -> int:
     """Bytes held by a decode cache: BLTCache.memory_bytes, or a transformers cache's key/value tensors."""
     if hasattr(cache, "memory_bytes"):
@@ -201,6 +227,7 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth):
                     flops = flops_per_step(model, name, out, flop_steps) if flop_steps else None
                     rows = counter.fractions()["global_row_fraction"] if counter is not None else 1.0
                     best[name] = {"step": step, "cache": cache_bytes(out.past_key_values), "rss": rss,
+                                  "attention": window_attention_ms(out.past_key_values),
                                   "read": cache_read_bytes(out.past_key_values, rows), "prefill": prefill,
                                   "counter": counter, "flops": flops}
             del out
@@ -222,6 +249,8 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth):
         }
         # the fastest a step can be if it only streamed its weights and cache once at the measured bandwidth
         row["bandwidth_bound_ms_per_step"] = round(row["read_mb_per_step"] * 2**20 / (bandwidth * 1e9) * 1e3, 2)
+        if found["attention"] is not None:
+            row["window_attention_ms_per_step"] = round(found["attention"], 2)
         if flops is not None:
             row["mflop_per_byte"] = round(flops / batch / 1e6, 2)
             row["gflop_per_s"] = round(flops / found["step"] / 1e9, 2)
@@ -297,7 +326,7 @@ def main():
 
     columns = ["model", "batch", "prompt", "new", "bytes_per_s", "ms_per_step", "prefill_s", "cache_mb_per_row",
                "peak_rss_extra_mb", "mflop_per_byte", "gflop_per_s", "fraction_of_peak",
-               "read_mb_per_step", "bandwidth_bound_ms_per_step", "global_step_fraction", "global_row_fraction"]
+               "read_mb_per_step", "bandwidth_bound_ms_per_step", "window_attention_ms_per_step", "global_step_fraction", "global_row_fraction"]
     print_table(rows, columns)
     ratios = summary_ratios(rows)
     for key, value in ratios.items():
@@ -319,6 +348,10 @@ def summary_ratios(rows) -> dict:
         if one is not None and top != 1:
             out[f"entropy_batch{top}_vs_batch1_prompt{prompt}"] = round(
                 table[("blt_entropy", top, prompt)]["bytes_per_s"] / one["bytes_per_s"], 2)
+            attention = table[("blt_entropy", top, prompt)].get("window_attention_ms_per_step")
+            if attention:  # the ratio if everything but the window attention were free at batch `top`
+                out[f"entropy_batch{top}_vs_batch1_prompt{prompt}_window_attention_limit"] = round(
+                    top * one["ms_per_step"] / attention, 2)
         for batch in batches:
             llama = table.get(("llama_static", batch, prompt))
             if llama is None:
