@@ -326,7 +326,8 @@ def main():
 
     columns = ["model", "batch", "prompt", "new", "bytes_per_s", "ms_per_step", "prefill_s", "cache_mb_per_row",
                "peak_rss_extra_mb", "mflop_per_byte", "gflop_per_s", "fraction_of_peak",
-               "read_mb_per_step", "bandwidth_bound_ms_per_step", "window_attention_ms_per_step", "global_step_fraction", "global_row_fraction"]
+               "read_mb_per_step", "bandwidth_bound_ms_per_step", "window_attention_ms_per_step",
+               "global_step_fraction", "global_row_fraction"]
     print_table(rows, columns)
     ratios = summary_ratios(rows)
     for key, value in ratios.items():

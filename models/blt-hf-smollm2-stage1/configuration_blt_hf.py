@@ -329,6 +329,9 @@ class BLTConfig(PreTrainedConfig):
         vocab_embedding_rows: Rows of the source-vocabulary embedding (`BLTVocabEmbedding`, 0: none): each closed
             patch adds to its global input the row of the longest source token ending at its last byte inside it.
         vocab_embedding_max_bytes: Longest source token (in bytes) the vocabulary embedding looks up.
+        vocab_embedding_special_rows: The source token each special id stands for, by id: [-1, BOS, EOS, id 3]
+            (-1: none; for BOS, the row the vocabulary embedding stores). A byte-ified chat model writes its
+            source's chat markers this way: SmolLM2's `<|im_end|>` is EOS and `<|im_start|>` id 3.
         token_head: Predict bytes from the source model's next-token distribution (`BLTTokenHead`: the source's
             final norm and the vocabulary embedding rows as its tied output matrix), mixed with the local decoder's
             own prediction. Needs vocab_embedding_rows.
@@ -379,6 +382,7 @@ class BLTConfig(PreTrainedConfig):
     has_patcher: bool | None = None
     vocab_embedding_rows: int = 0
     vocab_embedding_max_bytes: int = 16
+    vocab_embedding_special_rows: list[int] | None = None
     token_head: bool = False
     token_head_fallback: float = 0.05
     patching_lookahead: bool = False
@@ -428,6 +432,16 @@ class BLTConfig(PreTrainedConfig):
             raise err("vocab_embedding_max_bytes", f"must be >= 1, got {self.vocab_embedding_max_bytes}")
         if self.patching_mode == "source" and not self.token_head:
             raise err("patching_mode", "source patching reads the token head: set token_head=True")
+        special_rows = self.vocab_embedding_special_rows
+        if special_rows is not None:
+            if not self.vocab_embedding_rows:
+                raise err("vocab_embedding_special_rows", "special ids stand for source tokens only with a "
+                          "vocabulary embedding: set vocab_embedding_rows")
+            if (len(special_rows) != BYTE_OFFSET or special_rows[BOE_ID] != -1
+                    or any(not isinstance(r, int) or not -1 <= r < self.vocab_embedding_rows for r in special_rows)):
+                raise err("vocab_embedding_special_rows", f"must list {BYTE_OFFSET} rows, one per special id (-1 for "
+                          f"none and always for id {BOE_ID}, padding), each below vocab_embedding_rows "
+                          f"({self.vocab_embedding_rows}); got {special_rows}")
         if self.token_head and not self.vocab_embedding_rows:
             raise err("token_head", "the token head reads the source vocabulary: set vocab_embedding_rows")
         if not 0 < self.token_head_fallback < 1:

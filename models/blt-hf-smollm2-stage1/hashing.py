@@ -117,13 +117,16 @@ class BLTVocabEmbedding(nn.Embedding):
 
     Row r is the source model's embedding of token r. `lookup` finds, at each byte, the longest vocabulary token
     that ends there (at most `max_bytes` long, and no longer than the byte's place in its patch allows); BOS maps
-    to `bos_row`, the source token it stands for. The table is buffers: `sorted_keys` (`vocabulary_key` of each
-    row's bytes, sorted; rows without bytes hold unmatched negative keys) and `sorted_rows`.
+    to `bos_row`, the source token it stands for, and special ids to `special_rows`
+    (`BLTConfig.vocab_embedding_special_rows`: a chat model's markers). The table is buffers: `sorted_keys`
+    (`vocabulary_key` of each row's bytes, sorted; rows without bytes hold unmatched negative keys) and
+    `sorted_rows`.
     """
 
-    def __init__(self, num_rows: int, embedding_dim: int, max_bytes: int):
+    def __init__(self, num_rows: int, embedding_dim: int, max_bytes: int, special_rows: list[int] | None = None):
         super().__init__(num_rows, embedding_dim)
         self.max_bytes = max_bytes
+        self.special_rows = {i: r for i, r in enumerate(special_rows or []) if r >= 0}  # special id -> row
         self.register_buffer("sorted_keys", -1 - torch.arange(num_rows, dtype=torch.long).flip(0))
         self.register_buffer("sorted_rows", torch.arange(num_rows, dtype=torch.long).flip(0))
         self.register_buffer("bos_row", torch.tensor(-1, dtype=torch.long))
@@ -174,7 +177,10 @@ class BLTVocabEmbedding(nn.Embedding):
             slot = torch.searchsorted(self.sorted_keys, key).clamp(max=last)
             hit = (self.sorted_keys[slot] == key) & real & (size <= longest)
             found = torch.where(hit, self.sorted_rows[slot], found)
-        return torch.where(ids == BOS_ID, self.bos_row, found)
+        found = torch.where(ids == BOS_ID, self.bos_row, found)
+        for special_id, row in self.special_rows.items():
+            found = torch.where(ids == special_id, row, found)
+        return found
 
     def embed(self, rows: torch.Tensor) -> torch.Tensor:
         """Embedding rows [..., d] of `lookup` results (zeros for -1)."""

@@ -99,7 +99,8 @@ class BLTTokenHead(nn.Module):
         return nn.functional.pad(probs.double().cumsum(-1), (1, 0))
 
     def prefix_ranges(self, prefix, prefix_length):
-        """The sorted tokens [lo, hi) that begin with each prefix (empty when none does)."""
+        """The sorted tokens [lo, hi) that begin with each prefix (empty when none does, as for a prefix holding a
+        special id: byte values below 0)."""
         _, _, keys, count, stride = self._sorted_table()
         lo = torch.zeros_like(prefix_length)
         hi = torch.full_like(prefix_length, count)
@@ -110,7 +111,9 @@ class BLTTokenHead(nn.Module):
             query = depth * stride + lo * 257 + prefix[..., depth].long().clamp(0, 255) + 1
             lo = torch.where(active, torch.searchsorted(keys, query) - depth * count, lo)
             hi = torch.where(active, torch.searchsorted(keys, query, right=True) - depth * count, hi)
-        return lo, torch.where(prefix_length >= self.max_bytes, lo, hi)  # no token continues past max_bytes
+        seen = torch.arange(prefix.shape[-1], device=prefix.device) < prefix_length[..., None]
+        special = ((prefix < 0) & seen).any(-1)
+        return lo, torch.where((prefix_length >= self.max_bytes) | special, lo, hi)  # none past max_bytes
 
     @staticmethod
     def _masses(cumulative, reads):

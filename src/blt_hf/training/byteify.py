@@ -106,6 +106,38 @@ def start_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no BOS, <|endoftext|> or EOS token for the BLT's BOS patch to stand for")
 
 
+def chat_markers(tokenizer) -> tuple[list[int] | None, dict]:
+    """How the byte-ified model writes the source's chat template: (`BLTConfig.vocab_embedding_special_rows`,
+    `BLTTokenizer` keyword arguments). The template's special tokens take the special ids: the BOS patch's token
+    id 1, the tokenizer's EOS token id 2 (the token head gives EOS the mass of every special token, so a turn ends
+    where the source would end it), one more id 3 (SmolLM2: `<|im_start|>`). The template starts with BOS, as
+    every text the BLT was trained on did. (None, {}) without a template, or
+    when it needs more special tokens than that (Llama 3's four); the model then reads plain text only."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return None, {}
+    start = tokenizer.convert_ids_to_tokens(start_token_id(tokenizer))
+    marks = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()
+             if t.special and t.content in template and t.content != start}
+    eos = tokenizer.eos_token if tokenizer.eos_token in marks else None
+    others = [m for m in marks if m != eos]
+    if eos is None or len(others) > 1:
+        return None, {}
+    rows = [-1, -1, marks[eos], marks[others[0]] if others else -1]
+    if start not in template:  # the BLT was trained on texts that begin with BOS: so do its chats
+        template = "{{ bos_token }}" + template
+    return rows, {"bos_token": start, "eos_token": eos, "unk_token": others[0] if others else "<unk>",
+                  "chat_template": template, "split_special_tokens": False}
+
+
+def byteified_tokenizer(tokenizer):
+    """The byte-ified model's `BLTTokenizer`: bytes, and the source's chat template on the special ids of
+    `chat_markers` when it has one."""
+    from ..tokenization_blt_hf import BLTTokenizer
+
+    return BLTTokenizer(**chat_markers(tokenizer)[1])
+
+
 # ---------------------------------------------------------------- text windows and the frozen teacher
 @torch.no_grad()
 def teacher_states(llama, token_ids: torch.Tensor) -> torch.Tensor:
@@ -216,11 +248,12 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
                      hash_sizes=(3, 4, 5, 6), hash_vocab: int = 8192, max_token_bytes: int = 16,
                      patcher_config: dict | None = None, max_position_embeddings: int | None = None,
                      token_head: bool = False, token_head_fallback: float = 0.05, patching: str = "boundary",
-                     patching_lookahead: bool = True):
+                     patching_lookahead: bool = True, special_rows: list[int] | None = None):
     """A BLTConfig around a Llama: source vocabulary rows, small local stacks, the token head (which spells the
     Llama's next-token distribution in bytes) if asked, and patches cut by a boundary predictor (`patching=
     "boundary"`, trained on the tokenizer's token starts) or by the Llama's own token-end odds ("source", needs
-    the token head; `patching_lookahead`: decided after seeing the next byte, ignored for boundary patching)."""
+    the token head; `patching_lookahead`: decided after seeing the next byte, ignored for boundary patching);
+    `special_rows`: the source tokens the special ids stand for (`chat_markers`)."""
     from ..convert.llama import blt_config_for_llama
 
     if patching not in ("boundary", "source"):
@@ -232,7 +265,7 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
         patcher_config=dict(BOUNDARY_PATCHER, **(patcher_config or {})) if boundary else None,
         patching_mode=patching, patching_threshold=0.0, has_patcher=boundary, vocab_embedding_rows=vocabulary_rows,
         vocab_embedding_max_bytes=max_token_bytes, token_head=token_head, token_head_fallback=token_head_fallback,
-        patching_lookahead=patching_lookahead and not boundary,
+        patching_lookahead=patching_lookahead and not boundary, vocab_embedding_special_rows=special_rows,
         max_position_embeddings=max_position_embeddings or 4 * llama_config.max_position_embeddings,
     )
     config.global_config.use_input_projection = True
@@ -272,6 +305,7 @@ def byteify_model(llama_folder: str | Path, tokenizer, seed: int = 0, **options)
     if options.get("token_head") and not tied:
         raise ValueError("the token head reads the Llama's embedding rows as its output matrix: it needs a Llama "
                          "with tied word embeddings (tie_word_embeddings=True)")
+    options.setdefault("special_rows", chat_markers(tokenizer)[0])
     config = byteified_config(llama_config, embeddings.shape[0], **options)
     torch.manual_seed(seed)
     model = BLTForCausalLM(config)
@@ -571,7 +605,6 @@ def byteify(options: ByteifyOptions, log=print) -> dict:
 
     from ..convert.checkpoints import check_destination, write_folder_atomically
     from ..evaluation.metrics import check_files
-    from ..tokenization_blt_hf import BLTTokenizer
 
     source = Path(options.source)
     check_destination(options.destination)
@@ -615,7 +648,7 @@ def byteify(options: ByteifyOptions, log=print) -> dict:
 
     def write(folder: Path):
         model.save_pretrained(folder)
-        BLTTokenizer().save_pretrained(folder)
+        byteified_tokenizer(tokenizer).save_pretrained(folder)
         (folder / "byteify_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     write_folder_atomically(options.destination, write)
