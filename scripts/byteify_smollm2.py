@@ -134,6 +134,8 @@ def teacher(args):
 def byteified(args, folder, tokenizer):
     model, vocabulary = byteify_model(folder, tokenizer, patching=args.patching, token_head=True,
                                       patching_lookahead=args.lookahead, **MODEL_OPTIONS)
+    if args.min_end is not None:
+        model.config.patching_lookahead_min_end = args.min_end
     return model, vocabulary
 
 
@@ -252,7 +254,8 @@ def evaluate(args):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
     print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
-                      "lookahead": model.config.patching_lookahead, "scratch": args.scratch,
+                      "lookahead": model.config.patching_lookahead,
+                      "min_end": model.config.patching_lookahead_min_end, "scratch": args.scratch,
                       "token_head_fallback": MODEL_OPTIONS["token_head_fallback"], "stages": steps,
                       "held_out": results}))
 
@@ -303,10 +306,41 @@ def tune(args):
                           "min_end": min_end, **result, "s": round(time.time() - begin)}), flush=True)
 
 
+class PartTimer:
+    """Wall time and calls of some methods (wrapped in place until `close`): where a decoding step's time goes."""
+
+    def __init__(self, parts: dict):
+        self.seconds, self.calls, self._restore = {}, {}, []
+        for name, (owner, attribute) in parts.items():
+            original = getattr(owner, attribute)
+            self.seconds[name], self.calls[name] = 0.0, 0
+
+            def timed(*a, _original=original, _name=name, **k):
+                begin = time.perf_counter()
+                try:
+                    return _original(*a, **k)
+                finally:
+                    self.seconds[_name] += time.perf_counter() - begin
+                    self.calls[_name] += 1
+
+            setattr(owner, attribute, timed)
+            self._restore.append((owner, attribute))
+
+    def reset(self):
+        self.seconds, self.calls = dict.fromkeys(self.seconds, 0.0), dict.fromkeys(self.calls, 0)
+
+    def close(self):
+        for owner, attribute in self._restore:
+            delattr(owner, attribute)
+
+
 def speed(args):
     """Decode bytes per second at batch 1: the byte-ified BLT (its cache; with look-ahead, and without it when it is
     on) against SmolLM2 (its KV cache), greedy, same prompt, interleaved rounds; the ratios are what to read on a
-    shared machine. The prompt's prefill is not timed."""
+    shared machine. The prompt's prefill is not timed. A last round times the parts of each step: the BLT's global
+    transformer and token table (once per patch, SmolLM2's own work per token) and the rest (per byte: the local
+    stacks, patching, spelling); SmolLM2's layers and output layer per token; and the speed the BLT would reach if
+    everything but its per-patch SmolLM2 work were free."""
     import json
 
     folder, tokenizer, llama = source(args)
@@ -319,31 +353,73 @@ def speed(args):
         variants["blt_no_lookahead"] = False
     rates = {name: [] for name in (*variants, "smollm2")}
     texts = {}
+    new_tokens = max(1, round(args.new_bytes / 3.4))
+
+    def run_blt(timer=None):
+        cache = model(byte_ids[:, :-1], use_cache=True).past_key_values  # prefill, untimed
+        if timer is not None:
+            timer.reset()
+        begin = time.perf_counter()
+        out = model.generate(byte_ids, past_key_values=cache, max_new_tokens=args.new_bytes,
+                             min_new_tokens=args.new_bytes, do_sample=False, eos_token_id=None)
+        return out, time.perf_counter() - begin
+
+    def run_smollm2():
+        begin = time.perf_counter()
+        out = llama.generate(token_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return out, time.perf_counter() - begin
+
     with torch.no_grad():
         for _ in range(args.rounds):
             for name, lookahead in variants.items():
                 model.config.patching_lookahead = lookahead
-                cache = model(byte_ids[:, :-1], use_cache=True).past_key_values  # prefill, untimed
-                begin = time.perf_counter()
-                out = model.generate(byte_ids, past_key_values=cache, max_new_tokens=args.new_bytes,
-                                     min_new_tokens=args.new_bytes, do_sample=False, eos_token_id=None)
-                rates[name].append(args.new_bytes / (time.perf_counter() - begin))
+                out, seconds = run_blt()
+                rates[name].append(args.new_bytes / seconds)
                 texts[name] = bytes(int(i) - 4 for i in out[0, byte_ids.shape[1]:]).decode("utf-8", "replace")
             model.config.patching_lookahead = variants["blt"]
-            begin = time.perf_counter()
-            new_tokens = max(1, round(args.new_bytes / 3.4))
-            out = llama.generate(token_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            out, seconds = run_smollm2()
             made = tokenizer.decode(out[0, token_ids.shape[1]:])
-            rates["smollm2"].append(len(made.encode()) / (time.perf_counter() - begin))
+            rates["smollm2"].append(len(made.encode()) / seconds)
             texts["smollm2"] = made
+        timer = PartTimer({"global": (model.model.global_transformer, "forward"),
+                           "token_table": (model.model.token_head, "token_cumulative")})
+        try:
+            _, blt_seconds = run_blt(timer)
+        finally:
+            timer.close()
+        source_timer = PartTimer({"layers": (llama.model, "forward"), "output": (llama.lm_head, "forward")})
+        try:
+            out, source_seconds = run_smollm2()
+        finally:
+            source_timer.close()
+    source_bytes = len(tokenizer.decode(out[0, token_ids.shape[1]:]).encode())
+    patches = timer.calls["global"]
+    per_patch_ms = 1e3 * (timer.seconds["global"] + timer.seconds["token_table"]) / max(patches, 1)
+    rest_ms = 1e3 * (blt_seconds - timer.seconds["global"] - timer.seconds["token_table"]) / args.new_bytes
+    source_token_ms = 1e3 * source_seconds / new_tokens
+    parts = {
+        "blt": {"ms_per_byte": round(1e3 * blt_seconds / args.new_bytes, 2),
+                "global_runs_per_byte": round(patches / args.new_bytes, 3),
+                "global_ms_per_run": round(1e3 * timer.seconds["global"] / max(patches, 1), 2),
+                "token_table_ms_per_run": round(1e3 * timer.seconds["token_table"] / max(patches, 1), 2),
+                "rest_ms_per_byte": round(rest_ms, 2)},
+        "smollm2": {"ms_per_token": round(source_token_ms, 2), "bytes_per_token": round(source_bytes / new_tokens, 2),
+                    "layers_ms_per_token": round(1e3 * source_timer.seconds["layers"] / new_tokens, 2),
+                    "output_ms_per_token": round(1e3 * source_timer.seconds["output"] / new_tokens, 2)},
+    }
+    # the BLT's speed if only its global runs and token tables cost anything: what bounds it against SmolLM2
+    free_local = args.new_bytes / (patches * per_patch_ms / 1e3) if patches else float("inf")
+    parts["blt_if_the_rest_were_free_over_smollm2"] = round(
+        free_local / (source_bytes / (source_seconds)), 3)
     best = {k: max(v) for k, v in rates.items()}
     for name, text in texts.items():
         print(f"{name}: {best[name]:.1f} bytes/s; greedy continuation: {json.dumps(text)}")
+    print(f"where the time goes (one timed round): {json.dumps(parts)}")
     print(json.dumps({"benchmark": "byteify_smollm2_speed", "threads": torch.get_num_threads(),
                       "load_average": os.getloadavg()[0], "new_bytes": args.new_bytes, "rounds": args.rounds,
                       "bytes_per_s": {k: round(v, 1) for k, v in best.items()},
                       "over_smollm2": {k: round(v / best["smollm2"], 3) for k, v in best.items() if k != "smollm2"},
-                      "continuations": texts}))
+                      "parts": parts, "continuations": texts}))
 
 
 def main():
@@ -369,6 +445,7 @@ def main():
                              "boundary predictor (with the token head too)")
     parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                         help="source patching decides each cut after seeing the next byte (patching_lookahead)")
+    parser.add_argument("--min-end", type=float, help="patching_lookahead_min_end (default: the config's)")
     parser.add_argument("--settings", help='tune: "threshold,fallback,min_end;..." instead of the built-in grid')
     parser.add_argument("--small", action="store_true",
                         help="eval: also score models/blt-hf-small-en (the small from-scratch BLT) on the windows")
