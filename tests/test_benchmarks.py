@@ -30,3 +30,35 @@ def test_benchmark_script_runs_and_ends_with_its_json_line(script):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["benchmark"] == script.removeprefix("bench_").removesuffix(".py")
     assert keys <= set(result)
+
+
+def test_window_attention_is_timed_over_each_local_layers_live_window():
+    """bench_throughput's window-attention time reads every local layer's live keys/values (as many as the cache
+    holds), and only a BLT cache has them."""
+    import torch
+    from transformers import DynamicCache
+
+    from eval import bench_throughput
+    from tests.utils import tiny_model
+
+    model = tiny_model().eval()
+    with torch.no_grad():
+        cache = model(torch.randint(4, 260, (2, 40)), use_cache=True).past_key_values
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, keys, values):
+        seen.append((tuple(query.shape), tuple(keys.shape)))
+        return original(query, keys, values)
+
+    windows = [w for w in (cache.encoder, cache.decoder, cache.patcher) if w is not None]
+    expected = [(k.shape[0], k.shape[1], w.end - w.start) for w in windows for k in w.keys if k is not None]
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        milliseconds = bench_throughput.window_attention_ms(cache, repeats=1)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert milliseconds > 0 and len(seen) == len(expected) > 0
+    assert [(k[0], k[1], k[2]) for _, k in seen] == expected and all(q[2] == 1 for q, _ in seen)
+    assert all(0 < length < 40 for _, _, length in expected)  # each layer's window of the 40 bytes
+    assert bench_throughput.window_attention_ms(DynamicCache()) is None
