@@ -111,8 +111,8 @@ def chat_markers(tokenizer) -> tuple[list[int] | None, dict]:
     `BLTTokenizer` keyword arguments). The template's special tokens take the special ids: the BOS patch's token
     id 1, the tokenizer's EOS token id 2 (the token head gives EOS the mass of every special token, so a turn ends
     where the source would end it), one more id 3 (SmolLM2: `<|im_start|>`). The template starts with BOS, as
-    every text the BLT was trained on did. (None, {}) without a template, or
-    when it needs more special tokens than that (Llama 3's four); the model then reads plain text only."""
+    every text the BLT was trained on did. (None, {}) without a template, or when it needs more special tokens
+    than that (Llama 3's four); the model then reads plain text only."""
     template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str):
         return None, {}
