@@ -13,7 +13,11 @@ FLOPs per step (torch's FlopCounterMode over `--flop-steps` greedy steps continu
 GFLOP/s they run at against the machine's measured fp32 matmul peak, weight + cache MB read per step (estimated from
 parameter and cache sizes) and the step time that streaming them once at the measured copy bandwidth would take,
 and for the BLT rows the fraction of decoding steps, and of rows x steps, on which the
-global transformer ran. The header records torch.get_num_threads() and the load average.
+global transformer ran and the time its runs took per step. For the BLT rows, a floor per step: the measured
+attention over the local window caches, the local stacks' matrix products at the measured matmul peak and the
+global transformer's weights streamed at the copy bandwidth on its share of steps, all else free; batch B over
+batch 1 cannot beat B x (batch-1 step) / (batch-B floor) (`..._floor_limit`). The header records
+torch.get_num_threads() and the load average.
 
     python eval/bench_throughput.py                      # the issue's grid (hours on 2 CPU cores)
     python eval/bench_throughput.py --batches 1,8,32 --shapes 2048x32,128x64 --long none --threads 1
@@ -63,10 +67,12 @@ def block_setting(model, patch_size):
 
 
 class GlobalRuns:
-    """Counts, over one-byte decoding steps, the steps on which the global transformer ran and the rows it ran on."""
+    """Counts, over one-byte decoding steps, the steps on which the global transformer ran, the rows it ran on and
+    the wall time its runs took."""
 
     def __init__(self, model):
         self.steps = self.global_steps = self.rows = self.batch_rows = 0
+        self.global_seconds = 0.0
         self._decoding = False
         base = model.model
         forward, global_forward = base.forward, base.global_transformer.forward
@@ -79,10 +85,14 @@ class GlobalRuns:
             return forward(input_ids, **kwargs)
 
         def counted_global(patch_vectors, *args, **kwargs):
-            if self._decoding:
-                self.global_steps += 1
-                self.rows += patch_vectors.shape[0]
-            return global_forward(patch_vectors, *args, **kwargs)
+            if not self._decoding:
+                return global_forward(patch_vectors, *args, **kwargs)
+            self.global_steps += 1
+            self.rows += patch_vectors.shape[0]
+            start = time.perf_counter()
+            out = global_forward(patch_vectors, *args, **kwargs)
+            self.global_seconds += time.perf_counter() - start
+            return out
 
         base.forward, base.global_transformer.forward = counted_forward, counted_global
         self._restore = lambda: (base.__dict__.pop("forward"), base.global_transformer.__dict__.pop("forward"))
@@ -92,7 +102,8 @@ class GlobalRuns:
 
     def fractions(self) -> dict:
         return {"global_step_fraction": round(self.global_steps / max(self.steps, 1), 3),
-                "global_row_fraction": round(self.rows / max(self.batch_rows, 1), 3)}
+                "global_row_fraction": round(self.rows / max(self.batch_rows, 1), 3),
+                "global_ms_per_step": round(self.global_seconds / max(self.steps, 1) * 1e3, 2)}
 
 
 def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
@@ -177,8 +188,9 @@ def timed_generate(model, name, ids, new_tokens, spare_steps):
 
 
 def flops_per_step(model, name, out, steps):
-    """Matmul FLOPs of one greedy decoding step: FlopCounterMode over `steps` steps continuing generate()'s cache
-    (its last byte is not in the cache yet)."""
+    """(all, outside the global transformer) matmul FLOPs of one greedy decoding step: FlopCounterMode over `steps`
+    steps continuing generate()'s cache (its last byte is not in the cache yet). It counts matrix products (the
+    projections, MLPs, heads, patch cross-attention), not CPU scaled_dot_product_attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cache, sequences = out.past_key_values, out.sequences
@@ -191,7 +203,15 @@ def flops_per_step(model, name, out, steps):
             logits = model(last, attention_mask=mask, past_key_values=cache, use_cache=True, **kwargs).logits
             last = logits[:, -1:].argmax(-1)
             mask = torch.cat((mask, mask[:, :1]), dim=1)
-    return counter.get_total_flops() / steps
+    counts = counter.get_flop_counts()
+    in_global = [sum(c.values()) for module, c in counts.items() if module.endswith(".global_transformer")]
+    total = counter.get_total_flops()
+    return total / steps, (total - sum(in_global)) / steps
+
+
+def global_weight_mb(model) -> float:
+    """MB of the BLT's global transformer weights (fp32)."""
+    return sum(p.numel() for p in model.model.global_transformer.parameters()) * 4 / 2**20
 
 
 def weight_mb(model, name, global_step_fraction):
@@ -206,11 +226,10 @@ def weight_mb(model, name, global_step_fraction):
     if name == "blt_entropy":
         local.append(base.patcher.layers)
     local_mb = sum(p.numel() for m in local for p in m.parameters()) * 4 / 2**20
-    global_mb = sum(p.numel() for p in base.global_transformer.parameters()) * 4 / 2**20
-    return local_mb + global_mb * global_step_fraction
+    return local_mb + global_weight_mb(model) * global_step_fraction
 
 
-def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth):
+def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth, peak):
     """One grid cell: every model in turn, `repeats` rounds (best step time kept)."""
     ids = byte_rows(text, batch, prompt)
     best = {}
@@ -252,8 +271,17 @@ def run_cell(models, batch, prompt, new, text, repeats, flop_steps, bandwidth):
         if found["attention"] is not None:
             row["window_attention_ms_per_step"] = round(found["attention"], 2)
         if flops is not None:
+            flops, local_flops = flops
             row["mflop_per_byte"] = round(flops / batch / 1e6, 2)
             row["gflop_per_s"] = round(flops / found["step"] / 1e9, 2)
+            if found["attention"] is not None:  # a BLT
+                row["local_mflop_per_byte"] = round(local_flops / batch / 1e6, 2)
+                # a floor for the step: its window attention as measured, the local stacks' matrix products at the
+                # machine's matmul peak, the global transformer's weights streamed once at the copy bandwidth on its
+                # share of steps; all else (norms, gathers, cache writes, per-kernel overhead) free
+                global_read = global_weight_mb(model) * fractions.get("global_step_fraction", 0.0) * 2**20
+                row["floor_ms_per_step"] = round(found["attention"] + local_flops / (peak * 1e9) * 1e3
+                                                 + global_read / (bandwidth * 1e9) * 1e3, 2)
         rows.append(row)
     return rows
 
@@ -310,7 +338,7 @@ def main():
     for batch, prompt, new in cells:
         cell_models = {name: entry for name, entry in models.items()
                        if name != "llama_dynamic" or batch <= args.dynamic_max_batch}
-        cell_rows = run_cell(cell_models, batch, prompt, new, text, args.repeats, args.flop_steps, bandwidth)
+        cell_rows = run_cell(cell_models, batch, prompt, new, text, args.repeats, args.flop_steps, bandwidth, peak)
         for row in cell_rows:
             if "gflop_per_s" in row:
                 row["fraction_of_peak"] = round(row["gflop_per_s"] / peak, 3)
@@ -322,12 +350,13 @@ def main():
 
         shipped = BLTForCausalLM.from_pretrained(REPO / "models" / "blt-hf-small-en").eval()
         rows.extend(run_cell({"shipped_entropy": (shipped, contextlib.nullcontext)}, 8, 128, 64, text, args.repeats,
-                             args.flop_steps, bandwidth))
+                             args.flop_steps, bandwidth, peak))
 
     columns = ["model", "batch", "prompt", "new", "bytes_per_s", "ms_per_step", "prefill_s", "cache_mb_per_row",
                "peak_rss_extra_mb", "mflop_per_byte", "gflop_per_s", "fraction_of_peak",
                "read_mb_per_step", "bandwidth_bound_ms_per_step", "window_attention_ms_per_step",
-               "global_step_fraction", "global_row_fraction"]
+               "local_mflop_per_byte", "floor_ms_per_step", "global_ms_per_step", "global_step_fraction",
+               "global_row_fraction"]
     print_table(rows, columns)
     ratios = summary_ratios(rows)
     for key, value in ratios.items():
@@ -353,6 +382,10 @@ def summary_ratios(rows) -> dict:
             if attention:  # the ratio if everything but the window attention were free at batch `top`
                 out[f"entropy_batch{top}_vs_batch1_prompt{prompt}_window_attention_limit"] = round(
                     top * one["ms_per_step"] / attention, 2)
+            floor = table[("blt_entropy", top, prompt)].get("floor_ms_per_step")
+            if floor:  # the ratio if the batch-`top` step ran at its floor (`run_cell`)
+                out[f"entropy_batch{top}_vs_batch1_prompt{prompt}_floor_limit"] = round(
+                    top * one["ms_per_step"] / floor, 2)
         for batch in batches:
             llama = table.get(("llama_static", batch, prompt))
             if llama is None:

@@ -62,3 +62,37 @@ def test_window_attention_is_timed_over_each_local_layers_live_window():
     assert [(k[0], k[1], k[2]) for _, k in seen] == expected and all(q[2] == 1 for q, _ in seen)
     assert all(0 < length < 40 for _, _, length in expected)  # each layer's window of the 40 bytes
     assert bench_throughput.window_attention_ms(DynamicCache()) is None
+
+
+def test_throughput_floor_counts_the_local_stacks_matmuls_apart_from_the_global_transformers():
+    """bench_throughput's local FLOPs are the step's matrix products less exactly those the global transformer
+    ran (counted here by a second FlopCounterMode around its calls alone), and GlobalRuns times those calls."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from eval import bench_throughput
+    from tests.utils import tiny_model
+
+    model = tiny_model(patching_mode="static", patch_size=2).eval()
+    with torch.no_grad():
+        out = model.generate(torch.randint(4, 260, (2, 9)), max_new_tokens=3, do_sample=False,
+                             return_dict_in_generate=True, pad_token_id=0)
+    runs = bench_throughput.GlobalRuns(model)
+    global_forward, global_flops = model.model.global_transformer.forward, []  # GlobalRuns' timed forward
+
+    def counted(*args, **kwargs):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            result = global_forward(*args, **kwargs)
+        global_flops.append(counter.get_total_flops())
+        return result
+
+    model.model.global_transformer.forward = counted
+    try:
+        total, local = bench_throughput.flops_per_step(model, "blt_static", out, steps=4)
+    finally:
+        model.model.global_transformer.forward = global_forward
+        runs.close()
+    assert sum(global_flops) > 0 and runs.global_steps == len(global_flops) == 2  # patches of 2: every other step
+    assert total - local == sum(global_flops) / 4
+    assert runs.fractions()["global_ms_per_step"] > 0
