@@ -19,7 +19,8 @@ The byte-ified model uses source patching (one byte at a time through its cache:
 
     python eval/prepare_tasks.py && python eval/eval_byteified.py [--limit 25] [--robustness-limit 8]
 
-Writes eval/results/byteify/tasks.json and tasks.md; prints the tables, then one JSON line.
+Writes eval/results/byteify/tasks.json and tasks.md; prints the tables, then one JSON line. Each task's scores are
+saved as it ends (OUT/partial.json), and a rerun with the same settings goes on from there (--no-resume: start over).
 """
 
 from __future__ import annotations
@@ -84,36 +85,48 @@ def metrics(scores: dict, samples: dict) -> dict:
             for task, values in scores.items()}
 
 
-def evaluate(name: str, args, suite: list[str], suite_folder: Path) -> dict:
+def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, save) -> dict:
+    """One model's scores, task by task: each finished task goes into `done` and is saved at once (`save()`), and a
+    task already in `done` (from an interrupted run with the same settings) is not run again."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     from blt_hf.evaluation.robustness import suite_scores
 
-    out = {"seconds": {}}
-    start = time.perf_counter()
-    model = harness_model(name, args)
-    out["seconds"]["load"] = round(time.perf_counter() - start, 1)
+    out = done.setdefault(name, {})
+    out.setdefault("seconds", {})
+    parts = [("tasks", task, REPO / "eval" / "tasks") for task in (TASKS if args.limit else [])]
+    parts += [("robustness_results", task, suite_folder) for task in suite]
+    todo = [part for part in parts if part[1] not in out.get(part[0], {})]
+    model = None
+    if todo:
+        start = time.perf_counter()
+        model = harness_model(name, args)
+        out["seconds"]["load"] = round(time.perf_counter() - start, 1)
+    for kind, task, include in todo:
+        start = time.perf_counter()
+        manager = TaskManager(include_path=str(include), include_defaults=False)
+        run = simple_evaluate(model=model, tasks=[task], limit=args.limit if kind == "tasks" else None,
+                              task_manager=manager)
+        if kind == "tasks":
+            out.setdefault("tasks", {}).update(metrics({task: run["results"][task]}, run.get("n-samples", {})))
+        else:
+            out.setdefault("robustness_results", {})[task] = run["results"][task]
+            if task.startswith("cute_"):  # the first few greedy answers of each character task, to read
+                out.setdefault("character_answers", {})[task] = [
+                    {"target": x["target"], "answer": x["filtered_resps"][0]} for x in run["samples"][task][:3]]
+        out["seconds"][task] = round(time.perf_counter() - start, 1)
+        save()
+        print(name, task, f"{out['seconds'][task]}s", flush=True)
     if args.limit:
-        start = time.perf_counter()
-        manager = TaskManager(include_path=str(REPO / "eval" / "tasks"), include_defaults=False)
-        run = simple_evaluate(model=model, tasks=TASKS, limit=args.limit, task_manager=manager)
-        out["tasks"] = metrics({t: run["results"][t] for t in TASKS}, run.get("n-samples", {}))
-        out["seconds"]["tasks"] = round(time.perf_counter() - start, 1)
-        print(name, "tasks", json.dumps({t: out["tasks"][t][HEADLINE[t]] for t in TASKS}),
-              f"{out['seconds']['tasks']}s", flush=True)
+        out["seconds"]["tasks"] = round(sum(out["seconds"][t] for t in TASKS), 1)
+        print(name, "tasks", json.dumps({t: out["tasks"][t][HEADLINE[t]] for t in TASKS}), flush=True)
     if suite:
-        start = time.perf_counter()
-        manager = TaskManager(include_path=str(suite_folder), include_defaults=False)
-        run = simple_evaluate(model=model, tasks=suite, task_manager=manager)
-        out["robustness_tasks"] = metrics({t: run["results"][t] for t in suite}, run.get("n-samples", {}))
-        out["robustness"] = suite_scores(run["results"])
-        out["character_answers"] = {  # the first few greedy answers of each character task, to read
-            t: [{"target": x["target"], "answer": x["filtered_resps"][0]} for x in run["samples"][t][:3]]
-            for t in suite if t.startswith("cute_")}
-        out["seconds"]["robustness"] = round(time.perf_counter() - start, 1)
-        print(name, "robustness", json.dumps({k: round(v, 3) for k, v in out["robustness"].items()}),
-              f"{out['seconds']['robustness']}s", flush=True)
+        results = out["robustness_results"]
+        out["robustness_tasks"] = metrics({t: results[t] for t in suite}, {})
+        out["robustness"] = suite_scores(results)
+        out["seconds"]["robustness"] = round(sum(out["seconds"][t] for t in suite), 1)
+        print(name, "robustness", json.dumps({k: round(v, 3) for k, v in out["robustness"].items()}), flush=True)
     del model
     gc.collect()
     return out
@@ -173,6 +186,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16, help="SmolLM2 rows per batch")
     parser.add_argument("--max-batch-bytes", type=int, default=24 * 1024, help="the BLT's bytes per batch")
     parser.add_argument("--out", type=Path, default=REPO / "eval" / "results" / "byteify")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start over instead of going on from OUT/partial.json")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "byteify_eval",
                         help="where the robustness task files go")
     args = parser.parse_args()
@@ -205,9 +220,26 @@ def main():
             words_file.write_text("\n".join(words_from(r["query"] + " " + " ".join(r["choices"]) for r in rows)) + "\n")
         suite = write_suite(suite_folder, hellaswag, args.robustness_limit, words_file=words_file)
 
+    # finished tasks are kept in partial.json as they end; a rerun with the same settings goes on from there
+    settings = {"limit": args.limit, "robustness_limit": args.robustness_limit, "smollm2": str(args.smollm2),
+                "byteified": str(args.byteified), "smollm2_prefix": args.smollm2_prefix}
+    partial = args.out / "partial.json"
+    done = {}
+    if args.resume and partial.is_file():
+        saved = json.loads(partial.read_text())
+        if saved.get("settings") == settings:
+            done = saved["models"]
+            print("resuming from", partial, {m: sorted(v.get("seconds", {})) for m, v in done.items()}, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        temporary = partial.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"settings": settings, "models": done}, indent=2) + "\n")
+        temporary.replace(partial)
+
     results = {}
     for name in models:
-        results[name] = evaluate(name, args, suite, suite_folder)
+        results[name] = evaluate(name, args, suite, suite_folder, done, save)
     seconds = round(time.perf_counter() - begin, 1)
     load_after = os.getloadavg()
 
