@@ -96,8 +96,12 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
     out = done.setdefault(name, {})
     out.setdefault("seconds", {})
     parts = [("tasks", task, REPO / "eval" / "tasks") for task in (TASKS if args.limit else [])]
-    parts += [("robustness_results", task, suite_folder) for task in suite]
+    # the character tasks first: they are few and short, the noised HellaSwag variants many and long
+    parts += [("robustness_results", task, suite_folder)
+              for task in sorted(suite, key=lambda t: not t.startswith("cute_"))]
     todo = [part for part in parts if part[1] not in out.get(part[0], {})]
+    if args.reverse:
+        todo.reverse()
     model = None
     if todo:
         start = time.perf_counter()
@@ -130,6 +134,20 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
     del model
     gc.collect()
     return out
+
+
+def merge_partials(into: Path, *others: Path) -> None:
+    """Join the finished tasks of other runs' partial.json files (same settings) into `into`'s."""
+    merged = json.loads(into.read_text())
+    for other in others:
+        saved = json.loads(other.read_text())
+        if saved["settings"] != merged["settings"]:
+            raise ValueError(f"{other} was run with other settings than {into}")
+        for name, out in saved["models"].items():
+            mine = merged["models"].setdefault(name, {})
+            for key in ("tasks", "robustness_results", "character_answers", "seconds"):
+                mine.setdefault(key, {}).update({k: v for k, v in out.get(key, {}).items() if k not in mine[key]})
+    into.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def cell(value) -> str:
@@ -188,6 +206,9 @@ def main():
     parser.add_argument("--out", type=Path, default=REPO / "eval" / "results" / "byteify")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="start over instead of going on from OUT/partial.json")
+    parser.add_argument("--reverse", action="store_true",
+                        help="run the tasks last first: a second process with a copy of partial.json in its own "
+                             "--out shares the work; merge_partials() joins the two files")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "byteify_eval",
                         help="where the robustness task files go")
     args = parser.parse_args()
