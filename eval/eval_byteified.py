@@ -95,7 +95,7 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
 
     out = done.setdefault(name, {})
     out.setdefault("seconds", {})
-    parts = [("tasks", task, REPO / "eval" / "tasks") for task in (TASKS if args.limit else [])]
+    parts = [("tasks", task, REPO / "eval" / "tasks") for task in (args.tasks if args.limit else [])]
     # the character tasks first: they are few and short, the noised HellaSwag variants many and long
     parts += [("robustness_results", task, suite_folder)
               for task in sorted(suite, key=lambda t: not t.startswith("cute_"))]
@@ -114,6 +114,7 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
                               task_manager=manager)
         if kind == "tasks":
             out.setdefault("tasks", {}).update(metrics({task: run["results"][task]}, run.get("n-samples", {})))
+            out.setdefault("per_document", {})[task] = per_document(run["samples"][task], HEADLINE[task])
         else:
             out.setdefault("robustness_results", {})[task] = run["results"][task]
             if task.startswith("cute_"):  # the first few greedy answers of each character task, to read
@@ -123,8 +124,8 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
         save()
         print(name, task, f"{out['seconds'][task]}s", flush=True)
     if args.limit:
-        out["seconds"]["tasks"] = round(sum(out["seconds"][t] for t in TASKS), 1)
-        print(name, "tasks", json.dumps({t: out["tasks"][t][HEADLINE[t]] for t in TASKS}), flush=True)
+        out["seconds"]["tasks"] = round(sum(out["seconds"][t] for t in args.tasks), 1)
+        print(name, "tasks", json.dumps({t: out["tasks"][t][HEADLINE[t]] for t in args.tasks}), flush=True)
     if suite:
         results = out["robustness_results"]
         out["robustness_tasks"] = metrics({t: results[t] for t in suite}, {})
@@ -136,6 +137,20 @@ def evaluate(name: str, args, suite: list[str], suite_folder: Path, done: dict, 
     return out
 
 
+def per_document(samples: list[dict], metric: str) -> list[float]:
+    """The task's `metric` for each document, in document order (for paired comparisons)."""
+    return [float(s[metric]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+
+
+def paired_standard_error(a: list[float], b: list[float]) -> float | None:
+    """Standard error of mean(b) - mean(a) over the same documents (None without two of them)."""
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    d = [y - x for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    return (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+
+
 def merge_partials(into: Path, *others: Path) -> None:
     """Join the finished tasks of other runs' partial.json files (same settings) into `into`'s."""
     merged = json.loads(into.read_text())
@@ -145,7 +160,7 @@ def merge_partials(into: Path, *others: Path) -> None:
             raise ValueError(f"{other} was run with other settings than {into}")
         for name, out in saved["models"].items():
             mine = merged["models"].setdefault(name, {})
-            for key in ("tasks", "robustness_results", "character_answers", "seconds"):
+            for key in ("tasks", "per_document", "robustness_results", "character_answers", "seconds"):
                 mine.setdefault(key, {}).update({k: v for k, v in out.get(key, {}).items() if k not in mine[key]})
     into.write_text(json.dumps(merged, indent=2) + "\n")
 
@@ -160,18 +175,23 @@ def difference(results: dict, get) -> tuple:
     return (*values, diff)
 
 
-def markdown(results: dict, limit: int, robustness_limit: int) -> str:
-    """Side-by-side tables: SmolLM2, the byte-ified model and the difference (byte-ified minus SmolLM2)."""
+def markdown(results: dict, limit: int, robustness_limit: int, tasks=TASKS) -> str:
+    """Side-by-side tables: SmolLM2, the byte-ified model and the difference (byte-ified minus SmolLM2), with the
+    difference's paired standard error over the same documents for the task accuracies."""
     head = "| SmolLM2 | byte-ified | byte-ified − SmolLM2 |"
     lines = [f"Offline tasks, first {limit} documents each (acc_norm: per-character normalised; bits per byte of the "
-             "gold continuation, lower is better)", "", "| task | metric | n " + head, "|---|---|---|---|---|---|"]
+             "gold continuation, lower is better; ± the difference's paired standard error)", "",
+             "| task | metric | n " + head, "|---|---|---|---|---|---|"]
     have_tasks = [m for m in MODELS if "tasks" in results.get(m, {})]
     for metric in ("headline", "bits_per_byte"):
-        for task in TASKS if have_tasks else []:
+        for task in tasks if have_tasks else []:
             key = HEADLINE[task] if metric == "headline" else metric
-            row = difference(results, lambda r, t=task, k=key: r.get("tasks", {}).get(t, {}).get(k))
+            row = [cell(v) for v in difference(results, lambda r, t=task, k=key: r.get("tasks", {}).get(t, {}).get(k))]
+            if metric == "headline" and all(task in results.get(m, {}).get("per_document", {}) for m in MODELS):
+                error = paired_standard_error(*(results[m]["per_document"][task] for m in MODELS))
+                row[-1] += "" if error is None else f" ± {error:.3f}"
             n = results[have_tasks[0]]["tasks"][task]["n"]
-            lines.append(f"| {task.removeprefix('blt_')} | {key} | {n} | " + " | ".join(cell(v) for v in row) + " |")
+            lines.append(f"| {task.removeprefix('blt_')} | {key} | {n} | " + " | ".join(row) + " |")
     if any("robustness" in results.get(m, {}) for m in MODELS):
         from blt_hf.evaluation.robustness import SCORE_LABELS
 
@@ -191,6 +211,8 @@ def main():
     parser.add_argument("--limit", type=int, default=25, help="documents per offline task (0: skip the tasks)")
     parser.add_argument("--robustness-limit", type=int, default=8,
                         help="HellaSwag documents per noised variant and prompts per character task (0: skip)")
+    parser.add_argument("--tasks", default=",".join(t.removeprefix("blt_") for t in TASKS),
+                        help="comma-separated subset of " + ", ".join(t.removeprefix("blt_") for t in TASKS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument("--smollm2", type=Path, default=None,
@@ -215,6 +237,9 @@ def main():
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - set(MODELS):
         parser.error(f"--models takes a subset of {', '.join(MODELS)}")
+    args.tasks = [f"blt_{t.strip()}" for t in args.tasks.split(",") if t.strip()]
+    if not args.tasks or set(args.tasks) - set(TASKS):
+        parser.error("--tasks takes a subset of " + ", ".join(t.removeprefix("blt_") for t in TASKS))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
@@ -264,7 +289,7 @@ def main():
     seconds = round(time.perf_counter() - begin, 1)
     load_after = os.getloadavg()
 
-    table = markdown(results, args.limit, args.robustness_limit)
+    table = markdown(results, args.limit, args.robustness_limit, args.tasks)
     record = {"limit": args.limit, "robustness_limit": args.robustness_limit, "threads": torch.get_num_threads(),
               "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in load_after]},
               "seconds": seconds, "smollm2": str(args.smollm2), "byteified": str(args.byteified),

@@ -342,3 +342,45 @@ def test_run_benchmarks_collects_the_last_json_line_of_each_bench_script(tmp_pat
                            "--out", str(out), "--logs", str(logs), "--only", "beta"], capture_output=True, text=True,
                           timeout=120)
     assert only.returncode == 0 and json.loads(out.read_text()) == {"bench_beta": {"steps": 3}}
+
+
+# ------------------------------------------------------------------------------------------ eval/eval_byteified.py
+
+
+def _eval_byteified():
+    spec = importlib.util.spec_from_file_location("eval_byteified", REPO / "eval" / "eval_byteified.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_byteified_paired_error_is_the_standard_error_of_per_document_differences():
+    import statistics
+
+    tool = _eval_byteified()
+    samples = [{"doc_id": 2, "acc": 1.0}, {"doc_id": 0, "acc": 0.0}, {"doc_id": 1, "acc": 1.0}]
+    assert tool.per_document(samples, "acc") == [0.0, 1.0, 1.0]  # in document order, not run order
+    a, b = [1, 0, 1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 1, 1]
+    differences = [y - x for x, y in zip(a, b)]
+    expected = statistics.stdev(differences) / math.sqrt(len(differences))
+    assert tool.paired_standard_error(a, b) == pytest.approx(expected)
+    assert tool.paired_standard_error(a, a) == 0.0
+    assert tool.paired_standard_error([1.0], [0.0]) is None and tool.paired_standard_error(a, b[:3]) is None
+
+
+def test_eval_byteified_merge_joins_per_document_scores_and_refuses_other_settings(tmp_path):
+    tool = _eval_byteified()
+    settings = {"limit": 4, "robustness_limit": 0}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"settings": settings, "models": {"smollm2": {
+        "tasks": {"blt_piqa": {"acc_norm": 0.5}}, "per_document": {"blt_piqa": [1, 0]}, "seconds": {"blt_piqa": 1}}}}))
+    second.write_text(json.dumps({"settings": settings, "models": {"smollm2": {
+        "tasks": {"blt_lambada": {"acc": 1.0}}, "per_document": {"blt_lambada": [1, 1]},
+        "seconds": {"blt_lambada": 2}}}}))
+    tool.merge_partials(first, second)
+    merged = json.loads(first.read_text())["models"]["smollm2"]
+    assert merged["per_document"] == {"blt_piqa": [1, 0], "blt_lambada": [1, 1]}
+    assert set(merged["tasks"]) == {"blt_piqa", "blt_lambada"}
+    second.write_text(json.dumps({"settings": {**settings, "limit": 5}, "models": {}}))
+    with pytest.raises(ValueError, match="other settings"):
+        tool.merge_partials(first, second)
