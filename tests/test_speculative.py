@@ -361,27 +361,42 @@ def test_a_streamer_receives_the_speculative_bytes_as_they_are_accepted():
     assert stream.getvalue().strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
-def test_patches_closed_in_a_cached_call_run_the_global_layers_fused_equal_to_the_plain_layers():
-    """The few patches a decoding step or a verification closes run the global transformer's fused layers
-    (ragged rows continuing the patch cache), with the states of its plain layers (`fast_decoding=False`)."""
+def test_generation_never_copies_the_global_weights_into_fused_step_weights(monkeypatch):
+    """Decoding fuses the small local layers' weights once per generation, never the global transformer's: copying
+    those costs more at the first patch than fused steps would save (`global_transformer.py`). The few patches a
+    step or a verification closes still match the full recompute (ragged rows continuing the patch cache)."""
+    from blt_hf import decoding
     from blt_hf.cache import PatchKVCache
     from blt_hf.masks import PatchAttentionPlan
 
     model = _model("entropy", 0)
+    global_layers = set(map(id, model.model.global_transformer.layers))
+    fused = []
+    real_fuse = decoding.fuse_step_weights
+    monkeypatch.setattr(decoding, "fuse_step_weights", lambda layer: fused.append(id(layer)) or real_fuse(layer))
+    ids = torch.randint(4, 260, (2, 12))
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=12, **GREEDY)
+    assert fused and not global_layers & set(fused)  # the local layers did fuse
+
     global_transformer, config = model.model.global_transformer, model.config
     torch.manual_seed(0)
     calls = [(torch.randn(2, 3, config.global_input_size), torch.tensor([3, 2])),
              (torch.randn(2, 2, config.global_input_size), torch.tensor([1, 2])),
              (torch.randn(2, 1, config.global_input_size), torch.tensor([1, 1]))]
-    caches = {fast: PatchKVCache(config.global_config.num_hidden_layers, 2, "cpu", fast) for fast in (True, False)}
+    cache = PatchKVCache(config.global_config.num_hidden_layers, 2, "cpu")
+    history = [[], []]
     with torch.no_grad():
         for vectors, counts in calls:
-            states = {fast: global_transformer(vectors, PatchAttentionPlan(vectors.shape[1], counts, cache))[0]
-                      for fast, cache in caches.items()}
-            real = torch.arange(vectors.shape[1])[None] < counts[:, None]
-            torch.testing.assert_close(states[True][real], states[False][real], atol=1e-5, rtol=0)
-    assert caches[True].step_weights[0] is not None and caches[False].step_weights == {}
-    assert torch.equal(caches[True].lengths, torch.tensor([5, 5]))
+            states = global_transformer(vectors, PatchAttentionPlan(vectors.shape[1], counts, cache))[0]
+            for row in range(2):
+                history[row].append(vectors[row, : counts[row]])
+                full = torch.cat(history[row])[None]
+                recomputed = global_transformer(full, PatchAttentionPlan(full.shape[1], torch.tensor([full.shape[1]]),
+                                                                         None))[0]
+                torch.testing.assert_close(states[row, : counts[row]], recomputed[0, -int(counts[row]):],
+                                           atol=1e-5, rtol=0)
+    assert torch.equal(cache.lengths, torch.tensor([5, 5]))
 
 
 def test_steps_rolled_back_to_a_prefill_that_filled_the_window_buffers_write_in_place():
