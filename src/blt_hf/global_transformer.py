@@ -37,9 +37,9 @@ class BLTGlobalTransformer(nn.Module):
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
-        # Plain layers also when decoding: fusing them (`decoding.fast_layer_step`) copies the global weights at each
-        # generation's first patch (27 ms on the 70M benchmark model, against 7 ms per byte) and saves nothing per
-        # step, since a patch step's time goes to these large matmuls, not to kernel launches.
+        # Plain layers also when decoding: fused (`decoding.fast_layer_step`), the first patch of each generation
+        # cost ~30 ms more at 4k context (the 70M benchmark model, 7 ms per byte) and later steps gained nothing,
+        # since these large matmuls, not kernel launches, set a patch step's time (README, issue 17's recheck).
         for layer in self.layers:
             hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
