@@ -206,11 +206,10 @@ class SlidingWindowCache:
 
 class PatchKVCache:
     """Global-transformer keys/values in buffers [B, Hkv, capacity, D]; row b holds `lengths[b]` patches.
-    fast_decoding / step_weights: as `SlidingWindowCache`'s (calls of a few patches run fused layers)."""
+    fast_decoding: as `SlidingWindowCache`'s. Its layers run unfused (`global_transformer.py` says why)."""
 
     def __init__(self, num_layers: int, batch_size: int, device, fast_decoding: bool = True):
         self.fast_decoding = fast_decoding
-        self.step_weights: dict[int, tuple | None] = {}  # per layer: `decoding.fuse_step_weights`
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -284,7 +283,7 @@ class PatchKVRows:
 
     def __init__(self, parent: PatchKVCache, index: torch.Tensor):
         self.parent, self.index = parent, index
-        self.fast_decoding, self.step_weights = parent.fast_decoding, parent.step_weights
+        self.fast_decoding = parent.fast_decoding
         self.lengths = parent.lengths.index_select(0, index)
         self.max_length = int(self.lengths.max()) if index.numel() else 0
 

@@ -6,7 +6,7 @@ Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tes
 * `fast_layer_step`: a `BLTTransformerLayer` on one fp32 byte, with q/k/v and gate/up as single matmuls over weights
   concatenated once per generation (RMSNorm weights folded in) and the residual adds riding on the output matmuls;
   also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
-  stacks, and the few patches a step or a verification closes in the global transformer;
+  stacks (the global transformer's large layers run unfused: their steps are matmul-bound);
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
   matrices made once per patch.
 

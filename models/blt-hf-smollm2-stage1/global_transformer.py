@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTGlobalTransformerConfig
-from .decoding import fast_layer_step, fused_layers_eligible
 from .layers import BLTRotaryEmbedding, BLTTransformerLayer
 from .masks import PatchAttentionPlan
 
@@ -38,11 +37,11 @@ class BLTGlobalTransformer(nn.Module):
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
-        fast = fused_layers_eligible(hidden, attention_plan.cache)  # a few patches continuing a cache
+        # Plain layers also when decoding: fused (`decoding.fast_layer_step`), the first patch of each generation
+        # cost ~30 ms more at 4k context (the 70M benchmark model, 7 ms per byte) and later steps gained nothing,
+        # since these large matmuls, not kernel launches, set a patch step's time (README, issue 17's recheck).
         for layer in self.layers:
-            hidden = fast_layer_step(layer, hidden, rotations, attention_plan) if fast else layer(
-                hidden, rotations, attention_plan
-            )
+            hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
                 all_states.append(hidden)
         if attention_plan.cache is not None:
