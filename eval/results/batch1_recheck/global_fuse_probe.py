@@ -2,7 +2,9 @@
 plain layers (a worktree of it): the one-off cost of fusing the global weights, and per-step decode times of
 bench_generate's BLT with the global transformer's fused path on and off, interleaved.
 
-    python eval/results/batch1_recheck/global_fuse_probe.py TREE CONTEXTS ROUNDS BATCH
+    python eval/results/batch1_recheck/global_fuse_probe.py TREE CONTEXTS ROUNDS BATCH [MODEL_FOLDER]
+
+With MODEL_FOLDER (e.g. models/blt-hf-small-en): that trained model and its own patches instead.
 """
 
 import statistics
@@ -24,9 +26,14 @@ from eval.common import TRANSFORMERS_BENCH_CONFIG, byte_rows, license_text  # no
 contexts, rounds, batch = [int(c) for c in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = from_transformers(BltForCausalLM(BltConfig(**TRANSFORMERS_BENCH_CONFIG)).eval()).eval()
+if len(sys.argv) > 5:
+    from blt_hf import BLTForCausalLM
+
+    model = BLTForCausalLM.from_pretrained(sys.argv[5]).eval()
+else:
+    model = from_transformers(BltForCausalLM(BltConfig(**TRANSFORMERS_BENCH_CONFIG)).eval()).eval()
+    space_like_blt_hf_patcher(model.model.patcher)
 model.config.use_cache = True
-space_like_blt_hf_patcher(model.model.patcher)
 layers = model.model.global_transformer.layers
 start = time.perf_counter()
 for layer in layers:
