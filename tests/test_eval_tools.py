@@ -384,3 +384,25 @@ def test_eval_byteified_merge_joins_per_document_scores_and_refuses_other_settin
     second.write_text(json.dumps({"settings": {**settings, "limit": 5}, "models": {}}))
     with pytest.raises(ValueError, match="other settings"):
         tool.merge_partials(first, second)
+
+
+def test_compare_task_runs_pairs_one_models_documents_across_runs_and_refuses_unequal_document_counts(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_task_runs", REPO / "eval" / "compare_task_runs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    settings = {"limit": 4}
+    split_a, split_b, after = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "after.json"
+    split_a.write_text(json.dumps({"settings": settings, "models": {"byteified": {
+        "per_document": {"blt_piqa": [1, 0, 1, 0]}}, "smollm2": {"per_document": {"blt_piqa": [1, 1, 1, 1]}}}}))
+    split_b.write_text(json.dumps({"settings": settings, "models": {"byteified": {
+        "per_document": {"blt_lambada": [0, 0, 1, 1]}}}}))
+    after.write_text(json.dumps({"settings": settings, "models": {"byteified": {
+        "per_document": {"blt_piqa": [1, 1, 1, 0], "blt_lambada": [0, 0, 1, 1]}}}}))
+    rows = tool.compare(tool.joined([split_a, split_b], "byteified"), tool.joined([after], "byteified"))
+    assert set(rows) == {"blt_piqa", "blt_lambada"}
+    assert rows["blt_piqa"]["before"] == 0.5 and rows["blt_piqa"]["after"] == 0.75  # not SmolLM2's [1, 1, 1, 1]
+    assert rows["blt_piqa"]["difference"] == 0.25 and rows["blt_piqa"]["paired_se"] == 0.25
+    assert rows["blt_lambada"]["difference"] == 0.0 and rows["blt_lambada"]["paired_se"] == 0.0
+    after.write_text(json.dumps({"settings": settings, "models": {"byteified": {"per_document": {"blt_piqa": [1]}}}}))
+    with pytest.raises(ValueError, match="not the same documents"):
+        tool.compare(tool.joined([split_a], "byteified"), tool.joined([after], "byteified"))
