@@ -202,8 +202,9 @@ def scratch(args):
 
 def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out: dict | None = None):
     """The byte-ified model with the stage weights found under --work; where --work has no stage-1 weights, the
-    shipped model's (assembled from its delta). With stage-2 weights there (and `with_stage2`), their low-rank
-    factors are merged into SmolLM2's layers, or, given a dict `low_rank_out`, put there instead (for export)."""
+    shipped model's (assembled from its delta, stage 2 merged, so --work's stage-2 factors are not added again).
+    With stage-2 weights there (and `with_stage2`), their low-rank factors are merged into SmolLM2's layers, or,
+    given a dict `low_rank_out`, put there instead (for export)."""
     from safetensors.torch import load_file
 
     from blt_hf import BLTForCausalLM
@@ -211,7 +212,8 @@ def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out
 
     model, vocabulary = byteified(args, folder, tokenizer)
     work = Path(args.work)
-    if not (work / "stage1" / "weights.safetensors").is_file():
+    shipped = not (work / "stage1" / "weights.safetensors").is_file()
+    if shipped:
         print(f"no stage-1 weights in {work}: starting from {SHIPPED}", flush=True)
         config = model.config
         model = BLTForCausalLM.from_pretrained(assemble(SHIPPED))
@@ -223,7 +225,11 @@ def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out
         if module is not None and weights.is_file():
             module.load_state_dict(load_file(str(weights)), strict=False)
     weights = work / "stage2" / "weights.safetensors"
-    if with_stage2 and weights.is_file():
+    if with_stage2 and weights.is_file() and shipped:  # the shipped model's layers already hold stage 2's factors
+        if low_rank_out is not None:
+            raise SystemExit(f"{SHIPPED} already holds stage 2: export needs the stage-1 weights in {work}")
+        print(f"not merging {weights} again into {SHIPPED}", flush=True)
+    elif with_stage2 and weights.is_file():
         add_low_rank(model, GLOBAL_LAYERS, args.rank)
         model.load_state_dict(load_file(str(weights)), strict=False)
         factors = low_rank_factors(model)
