@@ -191,11 +191,17 @@ def scratch_model(args, folder, tokenizer):
 
 def scratch(args):
     """Train the from-scratch baseline end to end (every weight, the tokenizer's patches) with stage 1's data,
-    batch and schedule, for --stage1-steps; resumable. Then `eval --scratch` scores it."""
+    batch and schedule, for --stage1-steps; resumable. Then `eval --scratch` scores it. Stage 1's data are the
+    teacher's windows (the first --skip-windows text windows) in the teacher's order; the baseline reads them from
+    the text itself, so it needs no teacher shards."""
+    import itertools
+
     folder, tokenizer, _ = source(args)
     model, vocabulary = scratch_model(args, folder, tokenizer)
-    shards = TeacherShards(Path(args.work) / "teacher")
-    train_stage(model, model, token_patch_loss, ShardStream(shards, vocabulary, args.batch_windows), Path(args.work),
+    windows = text_windows(training_texts(args), tokenizer, vocabulary, args.tokens_per_window)
+    stream = TextWindowStream(itertools.islice(windows, args.skip_windows), vocabulary, args.batch_windows,
+                              start_token_id(tokenizer))
+    train_stage(model, model, token_patch_loss, stream, Path(args.work),
                 args.stage1_steps, 1e-3, ("",), "scratch", checkpoint_every=5,
                 deadline=time.time() + 60 * args.minutes, log=lambda m: print(m, flush=True))
 
