@@ -344,6 +344,15 @@ def export(args):
     print(f"wrote {destination}")
 
 
+def soup(args):
+    """A weight-space interpolation (WiSE-FT) of --before's exported folder (e.g. stage 1's, from git) and the
+    shipped one (stage 2): `blt_hf.convert.byteified.mix_folders` at --alpha, the shipped folder's share, written to
+    --destination and assembled from PyPI's SmolLM2."""
+    from blt_hf.convert.byteified import mix_folders
+
+    folder, _, _ = source(args)
+    print(f"wrote {mix_folders(args.before, SHIPPED, args.alpha, args.destination, folder)} (alpha {args.alpha})")
+
 def tune(args):
     """Bits per byte on four training windows (not held out) for a few source-patching thresholds, token-head
     fallback weights and (with --lookahead) least end probabilities worth a speculative cut: how MODEL_OPTIONS'
@@ -489,7 +498,7 @@ def speed(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["teacher", "stage1", "head", "stage2", "scratch", "eval", "speed", "tune",
-                                         "export"])
+                                         "export", "soup"])
     parser.add_argument("--new-bytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=400)
@@ -502,6 +511,8 @@ def main():
     parser.add_argument("--destination", default=str(SHIPPED), help="export: the folder to write")
     parser.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=True,
                         help="eval: with stage 2's weights when --work has them")
+    parser.add_argument("--before", help="soup: an exported folder to mix with the shipped one (e.g. stage 1's)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="soup: the shipped folder's share")
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
@@ -528,7 +539,7 @@ def main():
     torch.set_num_threads(args.threads)
     steps = {"teacher": teacher, "stage1": stage1, "head": head, "stage2": stage2, "scratch": scratch,
              "eval": evaluate, "speed": speed,
-             "tune": tune, "export": export}
+             "tune": tune, "export": export, "soup": soup}
     steps[args.step](args)
 
 

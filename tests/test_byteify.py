@@ -382,3 +382,45 @@ def test_stage2_trains_low_rank_factors_of_the_source_layers_that_ship_in_the_de
     assert torch.allclose(loaded.state_dict()[f"{q}.weight"], merged, atol=1e-6)
     with torch.no_grad():
         assert torch.allclose(loaded(ids, use_cache=False).logits, trained, atol=5e-2)
+
+
+def test_mixing_two_shipped_deltas_interpolates_trained_weights_and_scales_the_low_rank_change(tmp_path):
+    """WiSE-FT between a stage-1 folder (no low-rank factors) and a stage-2 folder (local stacks moved, factors on
+    the source's layers): the assembled mix holds (1 - a) * before + a * after in every trained weight, the source
+    layer plus a times up @ down, and alpha 1 gives back the stage-2 model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from blt_hf.convert.byteified import export_delta, mix_deltas, mix_folders
+
+    folder, tokenizer, _ = save_tiny_llama(tmp_path / "llama", tied=True, embedding_scale=8.0)
+    model, _ = byteify_model(folder, tokenizer, patching="source", **TINY_LOCAL)
+    source = {"llama_folder": str(folder)}
+    export_delta(model, tmp_path / "stage1", source)
+    q = "model.global_transformer.layers.0.self_attn.q_proj"
+    base_q = model.state_dict()[f"{q}.weight"].clone()
+    generator = torch.Generator().manual_seed(0)
+    factors = {f"{q}.up": torch.randn(base_q.shape[0], 2, generator=generator) * 0.1,
+               f"{q}.down": torch.randn(2, base_q.shape[1], generator=generator) * 0.1}
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.25)
+    export_delta(model, tmp_path / "stage2", source, low_rank=factors)
+    ids = torch.tensor([[1] + [b + 4 for b in DATA.read_bytes()[:24]]])
+    mixed = mix_folders(tmp_path / "stage1", tmp_path / "stage2", 0.25, tmp_path / "mix", folder)
+    loaded = AutoModelForCausalLM.from_pretrained(mixed, trust_remote_code=True).eval()
+    state = loaded.state_dict()
+    expected_head = (model.lm_head.weight - 0.25).half().float() * 0.75 + model.lm_head.weight.half().float() * 0.25
+    assert torch.allclose(state["lm_head.weight"], expected_head, atol=2e-3)
+    update = factors[f"{q}.up"].half().float() @ factors[f"{q}.down"].half().float()
+    assert torch.allclose(state[f"{q}.weight"], base_q + 0.25 * update, atol=1e-3)
+    assert not (tmp_path / "mix.partial").exists()
+    whole = mix_folders(tmp_path / "stage1", tmp_path / "stage2", 1.0, tmp_path / "whole", folder)
+    assert not (tmp_path / "stage2" / "model.safetensors").exists()  # mixing leaves its inputs as they were
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(whole, trust_remote_code=True).eval()(ids).logits
+        model.state_dict()[f"{q}.weight"].copy_(base_q + update)  # the stage-2 model, factors merged by hand
+        assert torch.allclose(got, model.eval()(ids, use_cache=False).logits, atol=5e-2)
+    with pytest.raises(ValueError, match="alpha must lie"):
+        mix_deltas({}, {}, 1.5)
+    with pytest.raises(ValueError, match="low-rank factors"):
+        mix_folders(tmp_path / "stage2", tmp_path / "stage2", 0.5, tmp_path / "bad", folder)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()

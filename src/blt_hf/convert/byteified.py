@@ -172,3 +172,53 @@ def assemble(folder: str | Path, cache: str | Path | None = None, llama_folder: 
               metadata={"format": "pt", "delta_sha256": _delta_sha256(folder)})
     os.replace(folder / "model.safetensors.partial", folder / "model.safetensors")
     return folder
+
+
+def mix_deltas(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], alpha: float) -> dict:
+    """The delta of a weight-space interpolation (WiSE-FT, Wortsman et al. 2022) of two byte-ified models that share
+    a source: every trained weight (1 - alpha) * before + alpha * after, and alpha times `after`'s low-rank change
+    of the source's layers (`before` may have none, e.g. stage 1 against stage 2)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    trained = [k for k in after if not k.startswith(LOW_RANK_PREFIX)]
+    if sorted(trained) != sorted(k for k in before if not k.startswith(LOW_RANK_PREFIX)):
+        raise ValueError("the two deltas hold different trained weights: they are not the same architecture")
+    if any(k.startswith(LOW_RANK_PREFIX) for k in before):
+        raise ValueError("`before` holds low-rank factors: mixing two low-rank changes is not a low-rank change")
+    mixed = {}
+    for key, value in after.items():
+        if key.startswith(LOW_RANK_PREFIX):
+            mixed[key] = (value.float() * alpha).to(value.dtype) if key.endswith(".up") else value
+        elif value.is_floating_point():
+            mixed[key] = ((1 - alpha) * before[key].float() + alpha * value.float()).to(value.dtype)
+        else:
+            mixed[key] = value
+    return mixed
+
+
+def mix_folders(before: str | Path, after: str | Path, alpha: float, destination: str | Path,
+                llama_folder: str | Path) -> Path:
+    """Write `destination`: `after`'s folder with the delta `mix_deltas` makes of the two folders' deltas and its
+    own logits checksum, assembled from `llama_folder` (written whole or not at all)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    before, after, destination = Path(before), Path(after), Path(destination)
+    mixed = mix_deltas(load_file(str(before / "delta.safetensors")), load_file(str(after / "delta.safetensors")),
+                       alpha)
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(after, staging, ignore=shutil.ignore_patterns("model.safetensors", "delta.safetensors"))
+        save_file({k: v.contiguous() for k, v in mixed.items()}, str(staging / "delta.safetensors"))
+        spec = json.loads((after / "assembly.json").read_text())
+        spec["checksum"] = checksum(assemble_model(staging, llama_folder))
+        (staging / "assembly.json").write_text(json.dumps(spec, indent=2) + "\n")
+        assemble(staging, llama_folder=llama_folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(destination, ignore_errors=True)
+    os.replace(staging, destination)
+    return destination
