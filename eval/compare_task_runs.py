@@ -5,6 +5,8 @@ Each run is one or more OUT/partial.json files (a run split over processes); the
 
     python eval/compare_task_runs.py --before eval/results/byteify/tasks_n300/partial.json \
         eval/results/byteify/tasks_n300_b/partial.json --after eval/results/byteify/tasks_n300_stage2/partial.json
+    python eval/compare_task_runs.py --before-model smollm2 --before eval/results/byteify/tasks_n300_stage2/partial.json \
+        --after eval/results/byteify/tasks_n300_soup05/partial.json   # another byte-ified run against SmolLM2
 
 Prints a markdown table, then one JSON line.
 """
@@ -50,15 +52,19 @@ def main() -> None:
     parser.add_argument("--before", type=Path, nargs="+", required=True)
     parser.add_argument("--after", type=Path, nargs="+", required=True)
     parser.add_argument("--model", default="byteified")
+    parser.add_argument("--before-model", help="the model read from --before (default: --model), e.g. smollm2 to "
+                                               "set another run's byte-ified model against SmolLM2")
     args = parser.parse_args()
-    rows = compare(joined(args.before, args.model), joined(args.after, args.model))
+    before_model = args.before_model or args.model
+    rows = compare(joined(args.before, before_model), joined(args.after, args.model))
     print("| task | metric | n | before | after | after − before ± paired SE |")
     print("|---|---|---|---|---|---|")
     for task, row in rows.items():
         name = task.removeprefix("blt_")
         print(f"| {name} | {HEADLINE[task]} | {row['n']} | {row['before']:.3f} | {row['after']:.3f} "
               f"| {row['difference']:+.3f} ± {row['paired_se']:.3f} |")
-    print(json.dumps({"benchmark": "compare_task_runs", "model": args.model, "tasks": rows}))
+    print(json.dumps({"benchmark": "compare_task_runs", "before_model": before_model, "model": args.model,
+                      "tasks": rows}))
 
 
 if __name__ == "__main__":
