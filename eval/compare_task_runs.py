@@ -5,8 +5,10 @@ Each run is one or more OUT/partial.json files (a run split over processes); the
 
     python eval/compare_task_runs.py --before eval/results/byteify/tasks_n300/partial.json \
         eval/results/byteify/tasks_n300_b/partial.json --after eval/results/byteify/tasks_n300_stage2/partial.json
-    python eval/compare_task_runs.py --before-model smollm2 --before eval/results/byteify/tasks_n300_stage2/partial.json \
-        --after eval/results/byteify/tasks_n300_soup05/partial.json   # another byte-ified run against SmolLM2
+    # another run's byte-ified model against SmolLM2 on the same documents:
+    python eval/compare_task_runs.py --before-model smollm2 \
+        --before eval/results/byteify/tasks_n300_stage2/partial.json \
+        --after eval/results/byteify/tasks_n300_soup05/partial.json
 
 Prints a markdown table, then one JSON line.
 """
