@@ -209,7 +209,8 @@ def scratch(args):
 
 def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out: dict | None = None):
     """The byte-ified model with the stage weights found under --work; where --work has no stage-1 weights, the
-    shipped model's (assembled from its delta, stage 2 merged, so --work's stage-2 factors are not added again).
+    shipped model's, or --model-folder's (assembled from its delta, stage 2 merged, so --work's stage-2 factors are
+    not added again).
     With stage-2 weights there (and `with_stage2`), their low-rank factors are merged into SmolLM2's layers, or,
     given a dict `low_rank_out`, put there instead (for export)."""
     from safetensors.torch import load_file
@@ -220,10 +221,11 @@ def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out
     model, vocabulary = byteified(args, folder, tokenizer)
     work = Path(args.work)
     shipped = not (work / "stage1" / "weights.safetensors").is_file()
+    exported = Path(args.model_folder) if args.model_folder else SHIPPED
     if shipped:
-        print(f"no stage-1 weights in {work}: starting from {SHIPPED}", flush=True)
+        print(f"no stage-1 weights in {work}: starting from {exported}", flush=True)
         config = model.config
-        model = BLTForCausalLM.from_pretrained(assemble(SHIPPED))
+        model = BLTForCausalLM.from_pretrained(assemble(exported))
         model.config.patching_lookahead = config.patching_lookahead
         model.config.patching_lookahead_min_end = config.patching_lookahead_min_end
     stages = [("boundary", model.model.patcher), ("stage1", model), ("head", model)]
@@ -234,8 +236,8 @@ def load_trained(args, folder, tokenizer, with_stage2: bool = True, low_rank_out
     weights = work / "stage2" / "weights.safetensors"
     if with_stage2 and weights.is_file() and shipped:  # the shipped model's layers already hold stage 2's factors
         if low_rank_out is not None:
-            raise SystemExit(f"{SHIPPED} already holds stage 2: export needs the stage-1 weights in {work}")
-        print(f"not merging {weights} again into {SHIPPED}", flush=True)
+            raise SystemExit(f"{exported} already holds stage 2: export needs the stage-1 weights in {work}")
+        print(f"not merging {weights} again into {exported}", flush=True)
     elif with_stage2 and weights.is_file():
         add_low_rank(model, GLOBAL_LAYERS, args.rank)
         model.load_state_dict(load_file(str(weights)), strict=False)
@@ -516,6 +518,8 @@ def main():
     parser.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=True,
                         help="eval: with stage 2's weights when --work has them")
     parser.add_argument("--before", help="soup: an exported folder to mix with the shipped one (e.g. stage 1's)")
+    parser.add_argument("--model-folder", help="eval/speed: an exported folder (e.g. a soup's) to load in place of "
+                        f"{SHIPPED.name} where --work has no stage-1 weights")
     parser.add_argument("--alpha", type=float, default=0.5, help="soup: the shipped folder's share")
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
