@@ -348,15 +348,19 @@ def export(args):
 
 
 def soup(args):
-    """A weight-space interpolation (WiSE-FT) of --before's exported folder (e.g. stage 1's, from git) and the
-    shipped one (stage 2): `blt_hf.convert.byteified.mix_folders` at --alpha, the shipped folder's share, written to
-    --destination and assembled from PyPI's SmolLM2."""
+    """A weight-space interpolation (WiSE-FT) of --before's exported folder (e.g. stage 1's, from git) and --after's
+    (default: the shipped one; the shipped mix was made from stage 2's folder at commit dc9650c):
+    `blt_hf.convert.byteified.mix_folders` at --alpha, --after's share, written to --destination and assembled from
+    PyPI's SmolLM2."""
     from blt_hf.convert.byteified import mix_folders
 
-    if args.before is None or Path(args.destination).resolve() == SHIPPED.resolve():
-        raise SystemExit("soup needs --before FOLDER and a --destination other than the shipped folder")
+    after = Path(args.after) if args.after else SHIPPED
+    destination = Path(args.destination).resolve()
+    if args.before is None or destination in (SHIPPED.resolve(), after.resolve(), Path(args.before).resolve()):
+        raise SystemExit("soup needs --before FOLDER and a --destination other than the shipped, --before and "
+                         "--after folders")
     folder, _, _ = source(args)
-    print(f"wrote {mix_folders(args.before, SHIPPED, args.alpha, args.destination, folder)} (alpha {args.alpha})")
+    print(f"wrote {mix_folders(args.before, after, args.alpha, args.destination, folder)} (alpha {args.alpha})")
 
 
 def tune(args):
@@ -520,7 +524,8 @@ def main():
     parser.add_argument("--before", help="soup: an exported folder to mix with the shipped one (e.g. stage 1's)")
     parser.add_argument("--model-folder", help="eval/speed: an exported folder (e.g. a soup's) to load in place of "
                         f"{SHIPPED.name} where --work has no stage-1 weights")
-    parser.add_argument("--alpha", type=float, default=0.5, help="soup: the shipped folder's share")
+    parser.add_argument("--after", help="soup: the exported folder whose share is --alpha (default: the shipped one)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="soup: --after's share")
     parser.add_argument("--batch-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--kinds", nargs="*", help="held-out kinds to evaluate (default: all)")
