@@ -1,9 +1,20 @@
-"""Memory-lean training paths compute the gradients of the plain formulas."""
+"""Memory-lean training paths compute the gradients of the plain formulas; the few-row inference matmul computes
+the plain product."""
 
+import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from blt_hf.layers import BLTMLP, BLTRMSNorm, recompute_in_backward
+from blt_hf.layers import (
+    BLTMLP,
+    SMALL_BATCH_ROWS,
+    BLTRMSNorm,
+    project,
+    recompute_in_backward,
+    small_batch_eligible,
+    small_batch_matmul,
+)
 
 
 def test_lean_rmsnorm_backward_matches_autograd_of_the_formula():
@@ -49,3 +60,33 @@ def test_recompute_in_backward_gives_the_same_gradients():
     a.grad = None
     recompute_in_backward(core, a).square().sum().backward()
     torch.testing.assert_close(a.grad, plain)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2,), (1, 3), (2, 2), (4, 1)])
+def test_small_batch_matmul_equals_the_plain_product_with_and_without_a_residual(shape):
+    torch.manual_seed(2)
+    x, weight, residual = torch.randn(*shape, 24), torch.randn(40, 24), torch.randn(*shape, 40)
+    expected = x.double() @ weight.double().T
+    out = small_batch_matmul(x, weight)
+    assert out.shape == (*shape, 40) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small_batch_matmul(x, weight, residual).double(), expected + residual.double(),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_project_takes_the_few_row_matmul_only_where_it_applies():
+    torch.manual_seed(3)
+    linear = nn.Linear(16, 8, bias=False)
+    few, many = torch.randn(SMALL_BATCH_ROWS, 16), torch.randn(SMALL_BATCH_ROWS + 1, 16)
+    with torch.no_grad():
+        assert small_batch_eligible(few, linear.weight) and not small_batch_eligible(many, linear.weight)
+        assert not small_batch_eligible(few.double(), linear.weight.double())
+        torch.testing.assert_close(project(linear, few), F.linear(few, linear.weight), atol=1e-6, rtol=1e-6)
+        seen = []
+        handle = linear.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+        project(linear, few)
+        handle.remove()
+        assert seen == [(SMALL_BATCH_ROWS, 8)]  # a hooked module is called normally
+    assert not small_batch_eligible(few, linear.weight)  # autograd on: the plain call, gradients flow
+    project(linear, few).sum().backward()
+    assert linear.weight.grad is not None
