@@ -63,13 +63,18 @@ def small_batch_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Te
     return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
-def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`linear(x)` (via `direct_call`); a plain bias-free `nn.Linear` on few fp32 CPU rows without autograd takes
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) without bias, through `small_batch_matmul` where `small_batch_eligible`."""
+    return small_batch_matmul(x, weight) if small_batch_eligible(x, weight) else F.linear(x, weight)
+
+
+def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` (via `direct_call`); a plain bias-free `nn.Linear` on few fp32 CPU rows without autograd takes
     `small_batch_matmul`."""
-    if (type(linear) is nn.Linear and linear.bias is None and small_batch_eligible(x, linear.weight)
-            and not has_hooks(linear)):
-        return small_batch_matmul(x, linear.weight)
-    return direct_call(linear, x)
+    if (type(module) is nn.Linear and module.bias is None and small_batch_eligible(x, module.weight)
+            and not has_hooks(module)):
+        return small_batch_matmul(x, module.weight)
+    return direct_call(module, x)
 
 
 class _LeanRMSNorm(torch.autograd.Function):
