@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTGlobalTransformerConfig
-from .layers import BLTRotaryEmbedding, BLTTransformerLayer
+from .layers import BLTRotaryEmbedding, BLTTransformerLayer, project
 from .masks import PatchAttentionPlan
 
 
@@ -31,7 +31,7 @@ class BLTGlobalTransformer(nn.Module):
         """patch_vectors [B, m, k * d_enc] -> patch states [B, m, d_global] (and every layer's output if asked).
         input_embeddings [B, m, d_global]: added to the projected patch vectors (a byte-ified model's source
         vocabulary rows, `BLTVocabEmbedding`)."""
-        hidden = self.token_embedding_projection(patch_vectors)
+        hidden = project(self.token_embedding_projection, patch_vectors)
         if input_embeddings is not None:
             hidden = hidden + input_embeddings
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)

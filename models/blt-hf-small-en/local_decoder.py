@@ -13,7 +13,7 @@ from torch import nn
 
 from .configuration_blt_hf import BLTLocalDecoderConfig
 from .decoding import fast_layer_step, fused_layers_eligible, read_slots
-from .layers import BLTCrossAttention, BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
+from .layers import BLTCrossAttention, BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer, project
 
 
 class BLTLocalDecoder(nn.Module):
@@ -31,7 +31,7 @@ class BLTLocalDecoder(nn.Module):
 
     def patch_keys_values(self, patch_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Global patch states [B, P, d_global] -> per cross-attention layer, keys and values [B, P, k, H, D]."""
-        slots = self.patch_embedding_projection(patch_states)
+        slots = project(self.patch_embedding_projection, patch_states)
         slots = slots.view(*slots.shape[:2], self.cross_attn_k, self.config.hidden_size)
         return [cross_attention(slots, mode="patch_keys_values") for cross_attention in self.cross_attn_layers]
 

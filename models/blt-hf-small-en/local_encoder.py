@@ -13,7 +13,7 @@ from torch import nn
 
 from .configuration_blt_hf import BLTLocalEncoderConfig
 from .decoding import fast_layer_step, fused_layers_eligible
-from .layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
+from .layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer, project
 
 
 def max_pool_patches(byte_states: torch.Tensor, byte_patch: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -63,7 +63,7 @@ class BLTLocalEncoder(nn.Module):
 
     def _initial_queries(self, byte_states, byte_patch, num_patches):
         pooled = max_pool_patches(byte_states, byte_patch, num_patches)
-        return self.patch_embedding_projection(pooled).view(*pooled.shape[:2], self.cross_attn_k, -1)
+        return project(self.patch_embedding_projection, pooled).view(*pooled.shape[:2], self.cross_attn_k, -1)
 
     def encode_patches(self, cross_states, byte_patch: torch.Tensor, num_patches: int) -> torch.Tensor:
         """Patch vectors [B, P, k * d] from the byte states each cross-attention reads ([B, L, d] each).

@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 from .cache import SlidingWindowCache
 from .configuration_blt_hf import BLTPatcherConfig
 from .decoding import fast_layer_step, fused_layers_eligible
-from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer
+from .layers import BLTRMSNorm, BLTRotaryEmbedding, BLTTransformerLayer, project
 from .masks import LocalAttentionPlan
 from .patching import chunks, documents_from_positions, entropy_from_logits
 from .pretrained import BLTPreTrainedModel, check_labels
@@ -88,7 +88,7 @@ class BLTPatcher(BLTPreTrainedModel):
 
     def next_byte_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
         """Next-byte logits [B, n, V] (fp32) of `byte_states`."""
-        return self.lm_head(self.byte_states(ids, positions, valid, cache, segments)).float()
+        return project(self.lm_head, self.byte_states(ids, positions, valid, cache, segments)).float()
 
     def boundary_logits(self, ids, positions, valid, cache: SlidingWindowCache | None = None, segments=None):
         """Logits [B, n] (fp32) that the byte after each one starts a patch (needs `boundary_head`)."""
@@ -150,7 +150,7 @@ class BLTPatcher(BLTPreTrainedModel):
             cache.count_bytes(valid)
         width = self.config.hidden_size
         states = torch.cat(states, dim=1) if states else self.embed_tokens.weight.new_zeros(batch, 0, width)
-        logits = self.lm_head(states).float()
+        logits = project(self.lm_head, states).float()
         boundary_logits = self.boundary_head(states).squeeze(-1).float() if self.boundary_head is not None else None
         loss = boundary_loss = None
         if labels is not None:

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BLTMLP, BLTCrossAttention, BLTRMSNorm, BLTSelfAttention, BLTTransformerLayer
+from .layers import (
+    BLTMLP,
+    BLTCrossAttention,
+    BLTRMSNorm,
+    BLTSelfAttention,
+    BLTTransformerLayer,
+    small_batch_eligible,
+    small_batch_matmul,
+)
 from .module_calls import has_hooks
 
 
@@ -60,6 +68,16 @@ def plain_fp32(norms, linears, *others) -> bool:
     )
 
 
+def linear_rows(x: torch.Tensor, weights, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, in] @ W^T (+ residual [N, out]) for weights = (W [out, in], W^T [in, out] contiguous): few rows take
+    `small_batch_matmul` on W; more take one BLAS call on the contiguous W^T (10-25% faster than on a transposed
+    view of W at 8-128 rows here)."""
+    weight, transposed = weights
+    if small_batch_eligible(x, weight):
+        return small_batch_matmul(x, weight, residual)
+    return torch.mm(x, transposed) if residual is None else torch.addmm(residual, x, transposed)
+
+
 def rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """rsqrt(mean(x^2) + eps) of each row of x [B, 1, d], as [B, 1, 1]: one batched matmul and one rsqrt."""
     return torch.baddbmm(eps, x, x.mT, alpha=1 / x.shape[-1]).rsqrt_()
@@ -79,8 +97,9 @@ def fast_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, attent
 
 
 def fuse_step_weights(layer: BLTTransformerLayer):
-    """Transposed (qkv, o, gate_up, down) weights with the RMSNorm weights folded into qkv and gate_up, and eps;
-    None (plain path) for non-fp32 weights, hooks, biases or wrapped modules."""
+    """The (qkv, o, gate_up, down) weights, each as ([out, in], its contiguous transpose) for `linear_rows`, with the
+    RMSNorm weights folded into qkv and gate_up, and eps; None (plain path) for non-fp32 weights, hooks, biases or
+    wrapped modules."""
     attention, mlp = layer.self_attn, layer.mlp
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
     linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
@@ -93,37 +112,37 @@ def fuse_step_weights(layer: BLTTransformerLayer):
     attention_norm, mlp_norm = (norm.weight.detach() for norm in norms)
     eps = torch.tensor(norms[0].variance_epsilon, device=q.device)
     qkv, gate_up = torch.cat((q, k, v)) * attention_norm, torch.cat((gate, up)) * mlp_norm
-    return qkv.t(), o.t(), gate_up.t(), down.t(), eps
+    return *((w, w.t().contiguous()) for w in (qkv, o, gate_up, down)), eps
 
 
 def fused_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
     """The layer on one fp32 byte per row [B, 1, d], in as few kernels as the formulas allow: each RMSNorm is a
     per-row scale (its weight lives in the next matmul) and the residual adds ride on the output matmuls."""
-    qkv_t, o_t, gate_up_t, down_t, eps = weights
+    qkv_weights, o_weights, gate_up_weights, down_weights, eps = weights
     heads, kv_heads, dim = layer.self_attn.num_heads, layer.self_attn.num_kv_heads, layer.self_attn.head_dim
     batch, length, width = hidden_states.shape
     if length > 1:
         return _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights)
-    qkv = torch.mm((hidden_states * rms_scale(hidden_states, eps)).view(batch, width), qkv_t)
+    qkv = linear_rows((hidden_states * rms_scale(hidden_states, eps)).view(batch, width), qkv_weights)
     rotary = (heads + kv_heads) * dim
     qk = torch.view_as_complex(qkv[:, :rotary].view(batch, heads + kv_heads, dim // 2, 2))
     qk = torch.view_as_real(qk * rotations.view(batch, 1, dim // 2))
     q, k = qk[:, :heads].view(batch, heads, 1, dim), qk[:, heads:].view(batch, kv_heads, 1, dim)
     out = attention_plan(q, k, qkv[:, rotary:].view(batch, kv_heads, 1, dim), layer.layer_idx)
-    hidden = torch.addmm(hidden_states.view(batch, width), out.view(batch, heads * dim), o_t)
-    gate_up = torch.mm(hidden * rms_scale(hidden.view(batch, 1, width), eps).view(batch, 1), gate_up_t)
+    hidden = linear_rows(out.reshape(batch, heads * dim), o_weights, hidden_states.view(batch, width))
+    gate_up = linear_rows(hidden * rms_scale(hidden.view(batch, 1, width), eps).view(batch, 1), gate_up_weights)
     inner = gate_up.shape[1] // 2
     activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
-    return torch.addmm(hidden, activated, down_t).view(batch, 1, width)
+    return linear_rows(activated, down_weights, hidden).view(batch, 1, width)
 
 
 def _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:
     """`fused_layer_step` on n > 1 bytes per row [B, n, d] (rotations [B, n, 1, D / 2])."""
-    qkv_t, o_t, gate_up_t, down_t, eps = weights
+    qkv_weights, o_weights, gate_up_weights, down_weights, eps = weights
     heads, kv_heads, dim = layer.self_attn.num_heads, layer.self_attn.num_kv_heads, layer.self_attn.head_dim
     batch, length, width = hidden_states.shape
     flat = hidden_states.reshape(batch * length, width)
-    qkv = torch.mm(flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + eps), qkv_t)
+    qkv = linear_rows(flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + eps), qkv_weights)
     rotary = (heads + kv_heads) * dim
     qk = torch.view_as_complex(qkv[:, :rotary].reshape(batch, length, heads + kv_heads, dim // 2, 2))
     qk = torch.view_as_real(qk * rotations.view(batch, length, 1, dim // 2))
@@ -131,11 +150,11 @@ def _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights) 
     k = qk[:, :, heads:].reshape(batch, length, kv_heads, dim).transpose(1, 2)
     v = qkv[:, rotary:].reshape(batch, length, kv_heads, dim).transpose(1, 2)
     out = attention_plan(q, k, v, layer.layer_idx)  # [B, H, n, D]
-    hidden = torch.addmm(flat, out.transpose(1, 2).reshape(batch * length, heads * dim), o_t)
-    gate_up = torch.mm(hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps), gate_up_t)
+    hidden = linear_rows(out.transpose(1, 2).reshape(batch * length, heads * dim), o_weights, flat)
+    gate_up = linear_rows(hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps), gate_up_weights)
     inner = gate_up.shape[1] // 2
     activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
-    return torch.addmm(hidden, activated, down_t).view(batch, length, width)
+    return linear_rows(activated, down_weights, hidden).view(batch, length, width)
 
 
 # ---------------------------------------------------------------- slot readouts of the decoder's current patch

@@ -18,7 +18,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from .module_calls import direct_call
+from .module_calls import direct_call, has_hooks
 
 
 def recompute_in_backward(function, *args):
@@ -30,6 +30,51 @@ def recompute_in_backward(function, *args):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
     return function(*args)
+
+
+# Up to this many rows, CPU BLAS computes x @ W^T much faster as (W @ x^T)^T: on this project's 2-core machine
+# (MKL, fp32), 2-4 rows of the benchmark's layer shapes ran 2-3.7x faster at 2 threads and 1.0-2.6x at 1; at 8
+# rows the gain was 12% at 2 threads and a 25% loss at 1 for the 512-wide layers, at 12 a loss at both (README,
+# issue 17). A single row takes BLAS's slow matrix-vector path either way, so it is doubled to two.
+SMALL_BATCH_ROWS = 4
+
+
+def small_batch_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `small_batch_matmul` should compute x @ weight^T: fp32 on CPU, no autograd, at most
+    `SMALL_BATCH_ROWS` rows."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+        and not torch.is_grad_enabled() and x.numel() <= SMALL_BATCH_ROWS * x.shape[-1] and x.numel() > 0
+    )
+
+
+def small_batch_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight[out, in]^T (+ residual [..., out]) as (weight @ x^T)^T, the orientation CPU BLAS runs
+    fast for few rows (`SMALL_BATCH_ROWS`). Contiguous output."""
+    rows = x.numel() // x.shape[-1]
+    flat = x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        flat = torch.cat((flat, flat))
+    if residual is None:
+        out = torch.mm(weight, flat.t())
+    else:
+        base = residual.reshape(rows, weight.shape[0])
+        out = torch.addmm((torch.cat((base, base)) if rows == 1 else base).t(), weight, flat.t())
+    return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) without bias, through `small_batch_matmul` where `small_batch_eligible`."""
+    return small_batch_matmul(x, weight) if small_batch_eligible(x, weight) else F.linear(x, weight)
+
+
+def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` (via `direct_call`); a plain bias-free `nn.Linear` on few fp32 CPU rows without autograd takes
+    `small_batch_matmul`."""
+    if (type(module) is nn.Linear and module.bias is None and small_batch_eligible(x, module.weight)
+            and not has_hooks(module)):
+        return small_batch_matmul(x, module.weight)
+    return direct_call(module, x)
 
 
 class _LeanRMSNorm(torch.autograd.Function):
@@ -149,7 +194,7 @@ class BLTMLP(nn.Module):
         # training outside autocast (weights and x share a dtype): the autograd function that saves less
         if plain and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
             return _LeanSwiGLU.apply(x, gate.weight, up.weight, down.weight)
-        return direct_call(down, F.silu(direct_call(gate, x)) * direct_call(up, x))
+        return project(down, F.silu(project(gate, x)) * project(up, x))
 
 
 class BLTSelfAttention(nn.Module):
@@ -168,11 +213,11 @@ class BLTSelfAttention(nn.Module):
     def forward(self, hidden_states, rotations, attention_plan) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        q = apply_rotary(direct_call(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
-        k = apply_rotary(direct_call(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
-        v = direct_call(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
+        q = apply_rotary(project(self.q_proj, hidden_states).view(batch, length, heads, dim), rotations)
+        k = apply_rotary(project(self.k_proj, hidden_states).view(batch, length, kv_heads, dim), rotations)
+        v = project(self.v_proj, hidden_states).view(batch, length, kv_heads, dim)
         out = attention_plan(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, T, D]
-        return direct_call(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+        return project(self.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class BLTTransformerLayer(GradientCheckpointingLayer):
@@ -236,14 +281,14 @@ class BLTCrossAttention(nn.Module):
         """states [..., d] -> keys, values [..., H, D] (kv heads repeated up to the query heads)."""
         states = direct_call(self.k_norm, states)
         shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
-        keys, values = direct_call(self.k_proj, states).view(shape), direct_call(self.v_proj, states).view(shape)
+        keys, values = project(self.k_proj, states).view(shape), project(self.v_proj, states).view(shape)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             keys, values = keys.repeat_interleave(groups, dim=-2), values.repeat_interleave(groups, dim=-2)
         return keys, values
 
     def _queries(self, states: torch.Tensor) -> torch.Tensor:
-        queries = direct_call(self.q_proj, direct_call(self.q_norm, states))
+        queries = project(self.q_proj, direct_call(self.q_norm, states))
         return queries.view(*states.shape[:-1], self.num_heads, self.head_dim)
 
     def forward(self, *inputs, mode: str):
@@ -275,7 +320,7 @@ class BLTCrossAttention(nn.Module):
         queries = self._queries(patch_queries)  # [B, P, k, H, D]
         keys, values = self._keys_values(byte_states)  # [B, L, H, D]
         pooled = recompute_in_backward(_pool_bytes_into_patches, queries, keys, values, byte_patch)
-        out = direct_call(self.o_proj, pooled[:, :num_patches].flatten(-2))
+        out = project(self.o_proj, pooled[:, :num_patches].flatten(-2))
         return out + patch_queries
 
     def patch_keys_values(self, patch_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +336,7 @@ class BLTCrossAttention(nn.Module):
         """
         queries = self._queries(byte_states)  # [B, L, H, D]
         out = recompute_in_backward(_read_patch_slots, queries, patch_keys, patch_values, byte_patch)
-        return direct_call(self.o_proj, out.flatten(-2)) + byte_states
+        return project(self.o_proj, out.flatten(-2)) + byte_states
 
 
 def _pool_bytes_into_patches(queries, keys, values, byte_patch):

@@ -30,6 +30,7 @@ from .configuration_blt_hf import BOE_ID, BYTE_OFFSET, BLTConfig
 from .decoding import fast_paths_eligible, slot_readouts
 from .global_transformer import BLTGlobalTransformer
 from .hashing import BLTHashNgramEmbedding, BLTVocabEmbedding
+from .layers import project
 from .local_decoder import BLTLocalDecoder
 from .local_encoder import BLTLocalEncoder
 from .masks import LocalAttentionPlan, PatchAttentionPlan
@@ -604,7 +605,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         else:
             keep = logits_to_keep
-        logits = self.lm_head(hidden[:, keep]).float()
+        logits = project(self.lm_head, hidden[:, keep]).float()
         if self.model.token_head is not None:
             logits = self._spell_source_tokens(outputs.token_head_inputs, keep, logits)
         loss = None

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .configuration_blt_hf import BYTE_OFFSET, EOS_ID
-from .layers import BLTRMSNorm
+from .layers import BLTRMSNorm, small_batch_linear
 
 
 class BLTTokenHead(nn.Module):
@@ -94,7 +94,7 @@ class BLTTokenHead(nn.Module):
         """[B, E, rows + 1] (fp64): each state's next-token probabilities summed in sorted-token order (spelled
         tokens first), from 0."""
         rows = self._sorted_table()[0]
-        token_logits = nn.functional.linear(self.norm(patch_states), output_weight).float()
+        token_logits = small_batch_linear(self.norm(patch_states), output_weight).float()
         probs = torch.softmax(token_logits, dim=-1).index_select(-1, rows)
         return nn.functional.pad(probs.double().cumsum(-1), (1, 0))
 
