@@ -4,7 +4,8 @@ A decoding step feeds one byte per row through the small local stacks, so its co
 Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tests/test_decode_fast_paths.py`):
 
 * `fast_layer_step`: a `BLTTransformerLayer` on one fp32 byte, with q/k/v and gate/up as single matmuls over weights
-  concatenated once per generation (RMSNorm weights folded in) and the residual adds riding on the output matmuls;
+  concatenated once per generation (RMSNorm weights folded in; `linear_rows` multiplies few rows in
+  `small_batch_matmul`'s orientation, more against a contiguous W^T) and the residual adds riding on the output matmuls;
   also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
   stacks (the global transformer's large layers run unfused: their steps are matmul-bound);
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small

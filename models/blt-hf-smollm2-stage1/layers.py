@@ -6,7 +6,9 @@ exploit BLT's structure: a patch only ever attends to its own bytes and a byte t
 run in O(bytes * k) memory instead of a dense bytes x patches mask.
 
 These are the formulas. The autograd functions `_LeanRMSNorm`/`_LeanSwiGLU` compute the same values while saving less
-for backward; the one-byte decoding rewrites live in `decoding.py`.
+for backward; the one-byte decoding rewrites live in `decoding.py`. Projections go through `project`, which
+computes a product of few rows in the orientation CPU BLAS runs fast (`small_batch_matmul`) and is `linear(x)`
+otherwise.
 """
 
 from __future__ import annotations
