@@ -161,7 +161,8 @@ def merge_partials(into: Path, *others: Path) -> None:
         for name, out in saved["models"].items():
             mine = merged["models"].setdefault(name, {})
             for key in ("tasks", "per_document", "robustness_results", "character_answers", "seconds"):
-                mine.setdefault(key, {}).update({k: v for k, v in out.get(key, {}).items() if k not in mine[key]})
+                if key in out:  # no empty tables: a suites-only run has no "tasks"
+                    mine.setdefault(key, {}).update({k: v for k, v in out[key].items() if k not in mine.get(key, {})})
     into.write_text(json.dumps(merged, indent=2) + "\n")
 
 
@@ -182,7 +183,7 @@ def markdown(results: dict, limit: int, robustness_limit: int, tasks=TASKS) -> s
     lines = [f"Offline tasks, first {limit} documents each (acc_norm: per-character normalised; bits per byte of the "
              "gold continuation, lower is better; ± the difference's paired standard error)", "",
              "| task | metric | n " + head, "|---|---|---|---|---|---|"]
-    have_tasks = [m for m in MODELS if "tasks" in results.get(m, {})]
+    have_tasks = [m for m in MODELS if results.get(m, {}).get("tasks")]
     for metric in ("headline", "bits_per_byte"):
         for task in tasks if have_tasks else []:
             key = HEADLINE[task] if metric == "headline" else metric

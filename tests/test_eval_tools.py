@@ -386,6 +386,19 @@ def test_eval_byteified_merge_joins_per_document_scores_and_refuses_other_settin
         tool.merge_partials(first, second)
 
 
+def test_eval_byteified_merge_of_suites_only_runs_adds_no_empty_task_table(tmp_path):
+    tool = _eval_byteified()
+    settings = {"limit": 0, "robustness_limit": 2}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for path, task in ((first, "cute_spelling"), (second, "robust_hellaswag")):
+        path.write_text(json.dumps({"settings": settings, "models": {"byteified": {
+            "robustness_results": {task: {"acc": 0.5}}, "seconds": {task: 1}}}}))
+    tool.merge_partials(first, second)
+    merged = json.loads(first.read_text())["models"]["byteified"]
+    assert set(merged) == {"robustness_results", "seconds"}  # no "tasks": the tables would list offline tasks
+    assert set(merged["robustness_results"]) == {"cute_spelling", "robust_hellaswag"}
+
+
 def test_compare_task_runs_pairs_one_models_documents_across_runs_and_refuses_unequal_document_counts(tmp_path):
     spec = importlib.util.spec_from_file_location("compare_task_runs", REPO / "eval" / "compare_task_runs.py")
     tool = importlib.util.module_from_spec(spec)
