@@ -347,3 +347,38 @@ def test_a_pending_cut_survives_reordering_and_cropping(source_patched):
             assert torch.allclose(logits, model(kept, use_cache=False).logits[:, -1], atol=1e-4)
     finally:
         model.config.patching_lookahead = False
+
+
+def test_source_patching_takes_given_patch_lengths_with_or_without_a_cache(source_patched):
+    """Given patch lengths replace the token head's cuts: the default (cached) call gives the uncached logits."""
+    model, vocabulary = source_patched
+    values = list(DATA.read_bytes()[1000:1030])
+    ids = torch.tensor([[1] + [v + 4 for v in values]])
+    given = torch.tensor([[1, 3, 5, 2, 7, 4, 10]])
+    assert int(given.sum()) == ids.shape[1] + 1
+    with torch.no_grad():
+        uncached = model(ids, patch_lengths=given, use_cache=False).logits
+        cached = model(ids, patch_lengths=given)
+    assert torch.allclose(cached.logits, uncached, atol=1e-5)
+    assert cached.past_key_values is not None and int(cached.past_key_values.num_bytes[0]) == ids.shape[1]
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_source_patching_refuses_bad_ids_and_patch_lengths_clearly(source_patched, lookahead):
+    model, _ = source_patched
+    model.config.patching_lookahead = lookahead
+    ids = torch.tensor([[1] + [b + 4 for b in b"the quick brown fox"]])
+    try:
+        with torch.no_grad():
+            with pytest.raises(ValueError, match="at least one byte id"):
+                model(torch.zeros(1, 0, dtype=torch.long))
+            with pytest.raises(ValueError, match=r"\[batch, length\]"):
+                model(ids[None])
+            with pytest.raises(ValueError, match="must be in 0..259"):
+                model(torch.tensor([[1, 70, 300, 80]]))
+            with pytest.raises(ValueError, match="sum to 7"):
+                model(ids, patch_lengths=torch.tensor([[3, 4]]))
+            with pytest.raises(ValueError, match="negative lengths"):
+                model(ids, patch_lengths=torch.tensor([[25, -4]]))
+    finally:
+        model.config.patching_lookahead = False

@@ -424,8 +424,9 @@ class BLTModel(BLTPreTrainedModel):
         if patch_lengths is None or cache is not None:  # a cache continues with the rule afterwards
             initial = cache.patching if cache is not None else PatchingState.initial(batch, device)
             scores = None
-            if rule.mode == "source" and patch_lengths is None:
-                scores = self._source_end_scores(ids, positions, valid, cache, source_ends)
+            if rule.mode == "source":  # given lengths replace the token head's cuts: the rule then cuts nowhere
+                scores = (self._source_end_scores(ids, positions, valid, cache, source_ends) if patch_lengths is None
+                          else torch.full(ids.shape, -torch.inf, device=device))
             starts, next_starts, state, entropies = compute_patch_starts(
                 rule, ids, positions, valid, initial, patcher=self.patcher,
                 patcher_cache=cache.patcher if cache is not None else None, documents=documents,
@@ -437,6 +438,10 @@ class BLTModel(BLTPreTrainedModel):
             )
             if state is not None:
                 state = replace(state, pending_start=pending_start)
+                if rule.mode == "source":  # the rule saw no cuts: the last patch starts where the lengths say
+                    last_start = torch.where(next_starts, positions + 1, torch.where(starts, positions, -1)).amax(1)
+                    state = replace(state, rule_patch_start=torch.where(
+                        last_start >= 0, last_start, state.rule_patch_start))
         if cache is None:
             return ChunkPatches(starts, next_starts, valid, patches_before)
         return ChunkPatches(starts, next_starts, valid, patches_before, state,
@@ -572,6 +577,9 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         A cached call asking only for the last logits (`logits_to_keep`, as `generate` does) on more bytes than the
         local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
         window rather than the prompt."""
+        if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
+                and input_ids is not None):
+            self.model._check_input_ids(input_ids)
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
                 and input_ids is not None and (input_ids.shape[1] > 1 or self.config.patching_lookahead)):
             return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
