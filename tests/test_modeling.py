@@ -15,6 +15,7 @@ from tests.utils import (
     PATCHING_VARIANTS,
     calibrate_patching,
     random_ids,
+    text_ids,
     tiny_config,
     tiny_model,
 )
@@ -161,3 +162,22 @@ def test_saved_folder_loads_with_remote_code_where_blt_hf_is_not_importable(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
 
+
+
+def test_return_dict_false_gives_tuples_as_transformers_models_do():
+    """`return_dict=False` (or `config.return_dict = False`) returns the output's tuple; generation still works."""
+    model = tiny_model().eval()
+    ids = text_ids("tuples, as transformers models return them")
+    with torch.no_grad():
+        full = model(ids, labels=ids)
+        loss, logits = model(ids, labels=ids, return_dict=False)[:2]
+        model.config.return_dict = False
+        try:
+            as_config = model(ids)
+            generated = model.generate(ids, max_new_tokens=6, do_sample=False)
+        finally:
+            model.config.return_dict = True
+        expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(loss, full.loss) and torch.equal(logits, full.logits)
+    assert isinstance(as_config, tuple) and torch.equal(as_config[0], full.logits)
+    assert torch.equal(generated, expected)

@@ -382,3 +382,30 @@ def test_source_patching_refuses_bad_ids_and_patch_lengths_clearly(source_patche
                 model(ids, patch_lengths=torch.tensor([[25, -4]]))
     finally:
         model.config.patching_lookahead = False
+
+
+def test_source_patching_returns_the_hidden_states_of_its_own_patches(source_patched):
+    """output_hidden_states: every local layer's states on the patches the token head cut (the reference's cuts)."""
+    model, vocabulary = source_patched
+    values = list(DATA.read_bytes()[1000:1036])
+    ids = torch.tensor([[1] + [v + 4 for v in values]])
+    expected = reference_source_starts(model, vocabulary, values, 0.0)
+    given = [b - a for a, b in zip(expected, expected[1:] + [len(values) + 1], strict=True)]
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        forced = model(ids, patch_lengths=torch.tensor([given]), use_cache=False, output_hidden_states=True)
+        model.config.patching_lookahead = True
+        try:
+            ahead = model(ids, output_hidden_states=True, output_patch_lengths=True)
+        finally:
+            model.config.patching_lookahead = False
+        with pytest.raises(ValueError, match="whole sequence in one call"):
+            model(ids[:, -2:], past_key_values=out.past_key_values, output_hidden_states=True)
+    layers = model.config.encoder_config.num_hidden_layers + model.config.decoder_config.num_hidden_layers
+    assert out.hidden_states is not None and len(out.hidden_states) == len(forced.hidden_states) >= layers
+    for state, reference in zip(out.hidden_states, forced.hidden_states, strict=True):
+        assert state.shape[:2] == ids.shape and torch.allclose(state, reference, atol=1e-5)
+    assert len(out.global_hidden_states) == len(forced.global_hidden_states)
+    assert ahead.hidden_states is not None and ahead.patch_lengths is not None
+    again = model(ids, patch_lengths=ahead.patch_lengths, use_cache=False, output_hidden_states=True)
+    assert torch.allclose(ahead.hidden_states[-1], again.hidden_states[-1], atol=1e-5)

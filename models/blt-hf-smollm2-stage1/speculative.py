@@ -156,7 +156,8 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
             stats["draft_passes"] += drafts_wanted
         drafts = torch.cat(drafts, dim=1) if drafts else last[:, :0]
         cache.activate_past_recording()
-        outputs = model(input_ids=torch.cat((last, drafts), dim=1), past_key_values=cache, use_cache=True)
+        outputs = model(input_ids=torch.cat((last, drafts), dim=1), past_key_values=cache, use_cache=True,
+                        return_dict=True)
         stats["verify_passes"] += 1
         logits = outputs.logits.float()
         processed = process_columns(logits_processor, torch.cat((input_ids, drafts), dim=1), logits)

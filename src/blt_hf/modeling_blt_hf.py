@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .cache import BLTCache, SourceLookahead, select_patch
 from .configuration_blt_hf import BOE_ID, BYTE_OFFSET, BLTConfig
@@ -555,6 +555,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not build a DynamicCache: BLT carries its own BLTCache
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -583,7 +584,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
                 and input_ids is not None and (input_ids.shape[1] > 1 or self.config.patching_lookahead)):
             return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
-                                              logits_to_keep, output_patch_lengths, **kwargs)
+                                              logits_to_keep, output_patch_lengths, output_hidden_states, **kwargs)
         chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
                                    position_ids, output_hidden_states, output_patch_lengths)
         if chunk is not None:
@@ -593,6 +594,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 begin = max(stop - chunk, 0)
                 mask = attention_mask[:, offset + begin : offset + stop] if attention_mask is not None else None
                 result = self(input_ids[:, begin:stop], attention_mask=mask, past_key_values=cache, use_cache=True,
+                              return_dict=True,
                               logits_to_keep=logits_to_keep if stop == length else 1)
                 cache = result.past_key_values
             return result
@@ -630,10 +632,16 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         )
 
     def _forward_byte_by_byte(self, input_ids, attention_mask, past_key_values, labels, use_cache, logits_to_keep,
-                              output_patch_lengths, **kwargs) -> BLTCausalLMOutput:
+                              output_patch_lengths, output_hidden_states=None, **kwargs) -> BLTCausalLMOutput:
         """`forward` in source patching, whose every boundary depends on the global states before it: one-byte
-        steps through a cache (a fresh one unless given), the same outputs as one call would give."""
+        steps through a cache (a fresh one unless given), the same outputs as one call would give. Hidden states
+        are those of one more pass on the patches the steps chose."""
         batch, length = input_ids.shape
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_hidden_states and past_key_values is not None and past_key_values.seen_tokens > 0:
+            raise ValueError("output_hidden_states in source patching needs the whole sequence in one call, not a "
+                             "cache that continues one: its hidden states come from a pass on the chosen patches")
         if attention_mask is not None and attention_mask.shape[1] not in (length, length + (
                 past_key_values.seen_tokens if past_key_values is not None else 0)):
             raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns for {length} new bytes")
@@ -653,7 +661,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 if confirmed is not None and column > 0:
                     next_starts[-1] = confirmed  # the previous byte's cut, decided with this byte
             else:
-                step = self(byte, attention_mask=mask, past_key_values=cache, use_cache=True)
+                step = self(byte, attention_mask=mask, past_key_values=cache, use_cache=True, return_dict=True)
             if column >= keep_from:
                 logits.append(step.logits)
             next_starts.append(cache.patching.pending_start)
@@ -665,15 +673,21 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             check_labels(labels, input_ids, self.vocab_size)
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
         lengths_out = None
-        if output_patch_lengths and fresh:
+        if (output_patch_lengths or output_hidden_states) and fresh:
             valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else (
                 attention_mask[:, offset:].bool())
             positions = row_positions(valid)
             starts = (positions == 0) & valid
             flags = row_start_flags(starts, torch.stack(next_starts, 1) & valid, positions, valid)
             lengths_out = patch_lengths_from_starts(flags, valid.sum(1))
+        hidden_states = global_hidden_states = None
+        if output_hidden_states:
+            states = self.model(input_ids, patch_lengths=lengths_out, attention_mask=attention_mask, use_cache=False,
+                                output_hidden_states=True)
+            hidden_states, global_hidden_states = states.hidden_states, states.global_hidden_states
         return BLTCausalLMOutput(loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None,
-                                 patch_lengths=lengths_out)
+                                 patch_lengths=lengths_out if output_patch_lengths else None,
+                                 hidden_states=hidden_states, global_hidden_states=global_hidden_states)
 
     def _spell_source_tokens(self, head_inputs, keep, byte_logits) -> torch.Tensor:
         """The token head's next-byte log-probabilities for the kept positions (`BLTTokenHead`)."""

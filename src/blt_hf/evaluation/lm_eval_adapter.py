@@ -71,7 +71,7 @@ class BLTLM(HFLM):
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(inps, use_cache=False).logits
+            return self.model(inps, use_cache=False, return_dict=True).logits
 
 
 def main(argv=None) -> None:

@@ -36,7 +36,7 @@ def bits_per_byte(model, rows, batch_size: int = 8) -> dict:
             inputs = {k: v.to(device) for k, v in batch.items()}
             if "use_cache" in inspect.signature(model.forward).parameters:
                 inputs["use_cache"] = False
-            logits = model(**inputs).logits
+            logits = model(**inputs, return_dict=True).logits
             targets = labels[:, 1:]
             losses = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
