@@ -181,3 +181,7 @@ def test_return_dict_false_gives_tuples_as_transformers_models_do():
     assert torch.equal(loss, full.loss) and torch.equal(logits, full.logits)
     assert isinstance(as_config, tuple) and torch.equal(as_config[0], full.logits)
     assert torch.equal(generated, expected)
+    with torch.no_grad():
+        base = model.model(ids)
+        base_tuple = model.model(ids, return_dict=False)
+    assert isinstance(base_tuple, tuple) and torch.equal(base_tuple[0], base.last_hidden_state)

@@ -161,6 +161,7 @@ class BLTModel(BLTPreTrainedModel):
         return valid
 
     # ---------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -599,6 +600,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 cache = result.past_key_values
             return result
         outputs = self.model(
+            return_dict=True,
             input_ids=input_ids,
             patch_lengths=patch_lengths,
             attention_mask=attention_mask,
@@ -683,7 +685,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         hidden_states = global_hidden_states = None
         if output_hidden_states:
             states = self.model(input_ids, patch_lengths=lengths_out, attention_mask=attention_mask, use_cache=False,
-                                output_hidden_states=True)
+                                output_hidden_states=True, return_dict=True)
             hidden_states, global_hidden_states = states.hidden_states, states.global_hidden_states
         return BLTCausalLMOutput(loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None,
                                  patch_lengths=lengths_out if output_patch_lengths else None,
@@ -731,7 +733,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             if bool(speculate.any()):
                 before = cache.snapshot()
         outputs = model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
-                        source_patch_ends=speculate)
+                        source_patch_ends=speculate, return_dict=True)
         byte_logits = self.lm_head(outputs.last_hidden_state).float()
         q = torch.softmax(byte_logits, dim=-1).double()
         spelled = head.spell(head.parts(*self._token_head_arguments(outputs.token_head_inputs, slice(None))), q)
@@ -768,7 +770,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 cache._records = records
                 cache.own_buffers()
             self.model(pending.input_ids, attention_mask=pending.attention_mask, past_key_values=cache,
-                       use_cache=True, source_patch_ends=kept)
+                       use_cache=True, source_patch_ends=kept, return_dict=True)
         return cache.patching.pending_start
 
     def generate(self, inputs=None, generation_config=None, **kwargs):

@@ -64,7 +64,7 @@ def checksum(model) -> dict:
     """Logits of the model on `CHECKSUM_TEXT` (its own patching): their sum, mean absolute value and first values."""
     ids = torch.tensor([[1] + [b + 4 for b in CHECKSUM_TEXT.encode()]])
     with torch.no_grad():
-        logits = model(ids, use_cache=False).logits.double()
+        logits = model(ids, use_cache=False, return_dict=True).logits.double()
     return {"text": CHECKSUM_TEXT, "sum": logits.sum().item(), "mean_abs": logits.abs().mean().item(),
             "first": [round(v, 4) for v in logits[0, -1, :8].tolist()]}
 

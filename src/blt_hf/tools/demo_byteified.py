@@ -29,7 +29,7 @@ def show_patches(model, text: str) -> str:
     data = text.encode()
     ids = torch.tensor([[1] + [b + 4 for b in data]])
     with torch.no_grad():
-        lengths = model(ids, output_patch_lengths=True, use_cache=False).patch_lengths[0].tolist()
+        lengths = model(ids, output_patch_lengths=True, use_cache=False, return_dict=True).patch_lengths[0].tolist()
     pieces, position = [], 0
     for length in lengths[1:]:  # patch 0 is BOS
         pieces.append(data[position : position + length].decode("utf-8", "replace"))

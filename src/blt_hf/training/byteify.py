@@ -572,13 +572,13 @@ def evaluate_windows(model, llama, windows, vocabulary: SourceVocabulary, start_
         labels = ids.masked_fill(mask == 0, -100)
         real_targets = int((labels[:, 1:] != -100).sum())
         oracle = model(input_ids=ids, attention_mask=mask, patch_lengths=batch["patch_lengths"], labels=labels,
-                       use_cache=False)
+                       use_cache=False, return_dict=True)
         totals["blt_token_patches"] += oracle.loss.item() * real_targets
         num_bytes += real_targets
         if not own_patches:
             continue
         predicted = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False,
-                          output_patch_lengths=True)
+                          output_patch_lengths=True, return_dict=True)
         totals["blt"] += predicted.loss.item() * real_targets
         num_patches += int((predicted.patch_lengths > 0).sum()) - len(group)  # BOS patches aside
         from ..patching import starts_from_patch_lengths
