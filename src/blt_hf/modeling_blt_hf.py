@@ -581,11 +581,11 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         window rather than the prompt."""
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
                 and input_ids is not None):
-            self.model._check_input_ids(input_ids)
-        if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
-                and input_ids is not None and (input_ids.shape[1] > 1 or self.config.patching_lookahead)):
-            return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
-                                              logits_to_keep, output_patch_lengths, output_hidden_states, **kwargs)
+            self.model._check_input_ids(input_ids)  # before the byte-by-byte loop reads the shape
+            if input_ids.shape[1] > 1 or self.config.patching_lookahead:
+                return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
+                                                  logits_to_keep, output_patch_lengths, output_hidden_states,
+                                                  **kwargs)
         chunk = self.prefill_chunk(input_ids, past_key_values, use_cache, logits_to_keep, labels, patch_lengths,
                                    position_ids, output_hidden_states, output_patch_lengths)
         if chunk is not None:
