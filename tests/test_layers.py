@@ -1,19 +1,26 @@
 """Memory-lean training paths compute the gradients of the plain formulas; the few-row inference matmul computes
 the plain product."""
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blt_hf import layers
 from blt_hf.layers import (
     BLTMLP,
     SMALL_BATCH_ROWS,
     BLTRMSNorm,
+    faster_of,
+    few_row_matmul,
     project,
     recompute_in_backward,
+    row_major_matmul,
     small_batch_eligible,
     small_batch_matmul,
+    weight_major_is_faster,
 )
 
 
@@ -90,3 +97,48 @@ def test_project_takes_the_few_row_matmul_only_where_it_applies():
     assert not small_batch_eligible(few, linear.weight)  # autograd on: the plain call, gradients flow
     project(linear, few).sum().backward()
     assert linear.weight.grad is not None
+
+
+@pytest.mark.parametrize("orientation", ["auto", "weight_major", "row_major"])
+@pytest.mark.parametrize("shape", [(1, 1), (2,), (3, 1), (2, 2)])
+def test_few_row_matmul_equals_the_plain_product_in_every_orientation(monkeypatch, orientation, shape):
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", orientation)
+    torch.manual_seed(4)
+    x, weight, residual = torch.randn(*shape, 24), torch.randn(40, 24), torch.randn(*shape, 40)
+    expected = x.double() @ weight.double().T
+    for transposed in (None, weight.t().contiguous()):
+        out = few_row_matmul(x, weight, transposed=transposed)
+        assert out.shape == (*shape, 40) and out.is_contiguous()
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(few_row_matmul(x, weight, residual, transposed).double(),
+                                   expected + residual.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(row_major_matmul(x, weight).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_faster_of_picks_the_faster_function():
+    def slow():
+        time.sleep(0.002)
+
+    def fast():
+        pass
+
+    assert faster_of(fast, slow) and not faster_of(slow, fast)
+
+
+def test_the_orientation_is_measured_once_per_shape_and_forced_by_the_setting(monkeypatch):
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "auto")
+    monkeypatch.setattr(layers, "_orientation_choices", {})
+    calls = []
+    monkeypatch.setattr(layers, "faster_of", lambda first, second: calls.append(1) or True)
+    weight = torch.randn(8, 16)
+    assert weight_major_is_faster(2, weight) and weight_major_is_faster(2, weight)
+    assert len(calls) == 1  # the second call reads the kept choice
+    weight_major_is_faster(3, weight)
+    assert len(calls) == 2  # another row count is another shape
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "row_major")
+    assert not weight_major_is_faster(2, weight)
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "weight_major")
+    assert weight_major_is_faster(5, weight) and len(calls) == 2
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "sideways")
+    with pytest.raises(ValueError, match="BLT_HF_FEW_ROW_MATMUL"):
+        weight_major_is_faster(2, weight)

@@ -4,8 +4,8 @@ A decoding step feeds one byte per row through the small local stacks, so its co
 Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tests/test_decode_fast_paths.py`):
 
 * `fast_layer_step`: a `BLTTransformerLayer` on one fp32 byte, with q/k/v and gate/up as single matmuls over weights
-  concatenated once per generation (RMSNorm weights folded in; `linear_rows` multiplies few rows in
-  `small_batch_matmul`'s orientation, more against a contiguous W^T) and the residual adds riding on the output matmuls;
+  concatenated once per generation (RMSNorm weights folded in; `linear_rows` multiplies few rows in the faster
+  orientation, `few_row_matmul`, more against a contiguous W^T) and the residual adds riding on the output matmuls;
   also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
   stacks (the global transformer's large layers run unfused: their steps are matmul-bound);
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
@@ -29,8 +29,8 @@ from .layers import (
     BLTRMSNorm,
     BLTSelfAttention,
     BLTTransformerLayer,
+    few_row_matmul,
     small_batch_eligible,
-    small_batch_matmul,
 )
 from .module_calls import has_hooks
 
@@ -71,11 +71,11 @@ def plain_fp32(norms, linears, *others) -> bool:
 
 def linear_rows(x: torch.Tensor, weights, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [N, in] @ W^T (+ residual [N, out]) for weights = (W [out, in], W^T [in, out] contiguous): few rows take
-    `small_batch_matmul` on W; more take one BLAS call on the contiguous W^T (10-25% faster than on a transposed
-    view of W at 8-128 rows here)."""
+    `few_row_matmul`; more take one BLAS call on the contiguous W^T (10-25% faster than on a transposed view of W at
+    8-128 rows on one of this project's machines)."""
     weight, transposed = weights
     if small_batch_eligible(x, weight):
-        return small_batch_matmul(x, weight, residual)
+        return few_row_matmul(x, weight, residual, transposed)
     return torch.mm(x, transposed) if residual is None else torch.addmm(residual, x, transposed)
 
 

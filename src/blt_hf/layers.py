@@ -7,11 +7,14 @@ run in O(bytes * k) memory instead of a dense bytes x patches mask.
 
 These are the formulas. The autograd functions `_LeanRMSNorm`/`_LeanSwiGLU` compute the same values while saving less
 for backward; the one-byte decoding rewrites live in `decoding.py`. Projections go through `project`, which
-computes a product of few rows in the orientation CPU BLAS runs fast (`small_batch_matmul`) and is `linear(x)`
-otherwise.
+computes a product of few rows in the orientation this machine's BLAS runs faster (`few_row_matmul`) and is
+`linear(x)` otherwise.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +37,20 @@ def recompute_in_backward(function, *args):
     return function(*args)
 
 
-# Up to this many rows, CPU BLAS computes x @ W^T much faster as (W @ x^T)^T: on this project's 2-core machine
-# (MKL, fp32), 2-4 rows of the benchmark's layer shapes ran 2-3.7x faster at 2 threads and 1.0-2.6x at 1; at 8
-# rows the gain was 12% at 2 threads and a 25% loss at 1 for the 512-wide layers, at 12 a loss at both (README,
-# issue 17). A single row takes BLAS's slow matrix-vector path either way, so it is doubled to two.
+# Up to this many rows a product x @ W^T may run much faster in the other orientation, (W @ x^T)^T, depending on the
+# CPU and its BLAS: on one of this project's machines (MKL on a 2-core VM) 2-4 rows of the benchmark's layer shapes
+# ran 2-3.7x faster that way, on another (MKL, a 2-core AVX-512 Xeon) 2-4x *slower*. `few_row_matmul` therefore
+# times both once per shape and thread count and keeps the faster (README, "Few-row matmuls").
 SMALL_BATCH_ROWS = 4
+# "auto" (measure), "weight_major" ((W @ x^T)^T) or "row_major" (x @ W^T) for every few-row product; the environment
+# variable BLT_HF_FEW_ROW_MATMUL sets it at import.
+FEW_ROW_ORIENTATION = os.environ.get("BLT_HF_FEW_ROW_MATMUL", "auto")
+_orientation_choices: dict[tuple, bool] = {}
 
 
 def small_batch_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `small_batch_matmul` should compute x @ weight^T: fp32 on CPU, no autograd, at most
-    `SMALL_BATCH_ROWS` rows."""
+    """Whether `few_row_matmul` should compute x @ weight^T: fp32 on CPU, no autograd, at most `SMALL_BATCH_ROWS`
+    rows."""
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
         and not torch.is_grad_enabled() and x.numel() <= SMALL_BATCH_ROWS * x.shape[-1] and x.numel() > 0
@@ -51,8 +58,8 @@ def small_batch_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def small_batch_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., in] @ weight[out, in]^T (+ residual [..., out]) as (weight @ x^T)^T, the orientation CPU BLAS runs
-    fast for few rows (`SMALL_BATCH_ROWS`). Contiguous output."""
+    """x [..., in] @ weight[out, in]^T (+ residual [..., out]) computed as (weight @ x^T)^T, the weight-major
+    orientation (a single row is doubled to two: BLAS's matrix-vector path is slower still). Contiguous output."""
     rows = x.numel() // x.shape[-1]
     flat = x.reshape(rows, x.shape[-1])
     if rows == 1:
@@ -65,17 +72,67 @@ def small_batch_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Te
     return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
+def row_major_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
+                     transposed: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight[out, in]^T (+ residual [..., out]) as BLAS's plain product, against `transposed` (a
+    contiguous weight^T) when given."""
+    flat = x.reshape(-1, x.shape[-1])
+    right = weight.t() if transposed is None else transposed
+    base = None if residual is None else residual.reshape(-1, weight.shape[0])
+    out = torch.mm(flat, right) if base is None else torch.addmm(base, flat, right)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def faster_of(first, second, repeats: int = 5) -> bool:
+    """Whether `first()` runs faster than `second()`: each run once to warm up, then `repeats` interleaved timings,
+    compared by their minimum (the least disturbed run on a shared machine)."""
+    first(), second()
+    times = ([], [])
+    for _ in range(repeats):
+        for function, spent in zip((first, second), times, strict=True):
+            begin = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - begin)
+    return min(times[0]) < min(times[1])
+
+
+def weight_major_is_faster(rows: int, weight: torch.Tensor, transposed: torch.Tensor | None = None) -> bool:
+    """Whether `small_batch_matmul` beats `row_major_matmul` for `rows` rows times this weight: `FEW_ROW_ORIENTATION`
+    unless "auto", else measured on the weight itself the first time a shape (and thread count) comes up."""
+    if FEW_ROW_ORIENTATION != "auto":
+        if FEW_ROW_ORIENTATION not in ("weight_major", "row_major"):
+            raise ValueError(f"BLT_HF_FEW_ROW_MATMUL must be auto, weight_major or row_major, got "
+                             f"{FEW_ROW_ORIENTATION!r}")
+        return FEW_ROW_ORIENTATION == "weight_major"
+    key = (rows, *weight.shape, transposed is not None, torch.get_num_threads())
+    choice = _orientation_choices.get(key)
+    if choice is None:
+        x = torch.randn(rows, weight.shape[1])
+        choice = _orientation_choices[key] = faster_of(lambda: small_batch_matmul(x, weight),
+                                                       lambda: row_major_matmul(x, weight, transposed=transposed))
+    return choice
+
+
+def few_row_matmul(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
+                   transposed: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T (+ residual) for a `small_batch_eligible` x, in the orientation this machine runs faster for the
+    shape (`weight_major_is_faster`)."""
+    if weight_major_is_faster(x.numel() // x.shape[-1], weight, transposed):
+        return small_batch_matmul(x, weight, residual)
+    return row_major_matmul(x, weight, residual, transposed)
+
+
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight) without bias, through `small_batch_matmul` where `small_batch_eligible`."""
-    return small_batch_matmul(x, weight) if small_batch_eligible(x, weight) else F.linear(x, weight)
+    """F.linear(x, weight) without bias, through `few_row_matmul` where `small_batch_eligible`."""
+    return few_row_matmul(x, weight) if small_batch_eligible(x, weight) else F.linear(x, weight)
 
 
 def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`module(x)` (via `direct_call`); a plain bias-free `nn.Linear` on few fp32 CPU rows without autograd takes
-    `small_batch_matmul`."""
+    `few_row_matmul`."""
     if (type(module) is nn.Linear and module.bias is None and small_batch_eligible(x, module.weight)
             and not has_hooks(module)):
-        return small_batch_matmul(x, module.weight)
+        return few_row_matmul(x, module.weight)
     return direct_call(module, x)
 
 
