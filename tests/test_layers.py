@@ -142,3 +142,13 @@ def test_the_orientation_is_measured_once_per_shape_and_forced_by_the_setting(mo
     monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "sideways")
     with pytest.raises(ValueError, match="BLT_HF_FEW_ROW_MATMUL"):
         weight_major_is_faster(2, weight)
+
+
+def test_measuring_the_orientation_leaves_the_random_generator_alone(monkeypatch):
+    monkeypatch.setattr(layers, "FEW_ROW_ORIENTATION", "auto")
+    monkeypatch.setattr(layers, "_orientation_choices", {})
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    weight_major_is_faster(2, torch.ones(8, 16))  # measures: a sampled generation must not depend on it
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -107,7 +107,7 @@ def weight_major_is_faster(rows: int, weight: torch.Tensor, transposed: torch.Te
     key = (rows, *weight.shape, transposed is not None, torch.get_num_threads())
     choice = _orientation_choices.get(key)
     if choice is None:
-        x = torch.randn(rows, weight.shape[1])
+        x = torch.full((rows, weight.shape[1]), 0.5)  # not random: sampling's generator stays untouched
         choice = _orientation_choices[key] = faster_of(lambda: small_batch_matmul(x, weight),
                                                        lambda: row_major_matmul(x, weight, transposed=transposed))
     return choice
