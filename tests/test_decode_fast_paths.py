@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from blt_hf import PatchingRule, decoding
-from blt_hf.cache import SlidingWindowCache
+from blt_hf.cache import PatchKVCache, SlidingWindowCache
 from blt_hf.decoding import naive_layer, read_slots, slot_readout
 from blt_hf.layers import BLTCrossAttention, BLTRotaryEmbedding, BLTTransformerLayer
-from blt_hf.masks import LocalAttentionPlan, dense_window_mask
+from blt_hf.masks import LocalAttentionPlan, PatchAttentionPlan, dense_window_mask
 from blt_hf.patching import PatchingState
 from tests.utils import random_ids, tiny_model
 
@@ -291,3 +291,55 @@ def test_fast_decoding_off_runs_no_fast_path_and_generates_the_same_bytes(mode, 
     plain, _, plain_unmasked = _generate_recording_fast_paths(model, ids, monkeypatch, forbid=True)
     assert not plain_unmasked
     assert torch.equal(plain, fast)
+
+
+def _patch_steps(layer, x, step):
+    """A prefill of 3 positions through a `PatchKVCache`, then one position per row at a time, each step run by
+    `step(layer, chunk, rotations, plan)`: outputs [B, T, d]."""
+    rope = BLTRotaryEmbedding(_RopeConfig())
+    cache = PatchKVCache(1, x.shape[0], x.device)
+    outputs = []
+    with torch.no_grad():
+        for begin, end in [(0, 3)] + [(j, j + 1) for j in range(3, x.shape[1])]:
+            plan = PatchAttentionPlan(end - begin, torch.full((x.shape[0],), end - begin), cache)
+            outputs.append(step(layer, x[:, begin:end], rope(plan.positions()), plan))
+            cache.advance(plan.new_counts)
+    return torch.cat(outputs, 1)
+
+
+def test_one_patch_row_steps_match_the_plain_formula():
+    layer = _layer()
+    x = torch.randn(3, 8, HIDDEN)
+    assert decoding.row_step_eligible(layer)
+
+    def row_step(layer, chunk, rotations, plan):
+        if chunk.shape[1] == 1:
+            return decoding.row_layer_step(layer, chunk, rotations, plan)
+        return layer(chunk, rotations, plan)
+
+    torch.testing.assert_close(_patch_steps(layer, x, row_step).double(), _reference(layer, x), atol=1e-5, rtol=0)
+
+
+def test_row_steps_are_refused_for_hooked_or_float64_layers():
+    layer = _layer()
+    handle = layer.mlp.down_proj.register_forward_hook(lambda module, args, out: out)
+    assert not decoding.row_step_eligible(layer)
+    handle.remove()
+    assert decoding.row_step_eligible(layer) and not decoding.row_step_eligible(layer.double())
+
+
+def test_the_global_transformer_decodes_patches_through_row_steps(monkeypatch):
+    model = tiny_model(seed=5, patching_mode="static", patch_size=2)
+    ids = random_ids(12, seed=6, batch=2)
+    calls = []
+    original = decoding.row_layer_step
+    monkeypatch.setattr("blt_hf.global_transformer.row_layer_step",
+                        lambda *args: calls.append(1) or original(*args))
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
+        assert calls  # decoding steps that closed a patch ran the row step
+        full = ids
+        for _ in range(8):  # the plain full recompute, one byte at a time
+            logits = model(full, use_cache=False).logits[:, -1]
+            full = torch.cat((full, logits.argmax(-1, keepdim=True)), 1)
+    assert torch.equal(cached, full)

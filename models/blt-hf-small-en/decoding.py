@@ -7,7 +7,9 @@ Two shortcuts cut them, both exact rewrites of the formulas in `layers.py` (`tes
   concatenated once per generation (RMSNorm weights folded in; `linear_rows` multiplies few rows in the faster
   orientation, `few_row_matmul`, more against a contiguous W^T) and the residual adds riding on the output matmuls;
   also on short chunks continuing a cache (`fused_layers_eligible`): a verification pass's bytes in the local
-  stacks (the global transformer's large layers run unfused: their steps are matmul-bound);
+  stacks;
+* `row_layer_step`: the same rewrite for the global transformer's one-patch steps, reading the layer's own weights
+  (fused copies of its large matrices would cost as much memory as the model);
 * `slot_readouts` / `read_slots`: a byte's cross-attention to the k slots of its patch folded into two small
   matrices made once per patch.
 
@@ -135,6 +137,49 @@ def fused_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, atten
     inner = gate_up.shape[1] // 2
     activated = F.silu(gate_up[:, :inner]).mul_(gate_up[:, inner:])
     return linear_rows(activated, down_weights, hidden).view(batch, 1, width)
+
+
+def row_step_eligible(layer: BLTTransformerLayer) -> bool:
+    """Whether `row_layer_step` may read the layer's weights: plain modules, fp32, bias-free, nothing hooked."""
+    attention, mlp = layer.self_attn, layer.mlp
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+               mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    return (type(attention) is BLTSelfAttention and type(mlp) is BLTMLP and not has_hooks(layer)
+            and plain_fp32(norms, linears, attention, mlp)
+            and norms[0].variance_epsilon == norms[1].variance_epsilon)
+
+
+def _rows_times(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, in] @ weight^T (+ residual): `few_row_matmul` for few rows, else one BLAS call on the transposed view."""
+    if small_batch_eligible(x, weight):
+        return few_row_matmul(x, weight, residual)
+    return torch.mm(x, weight.t()) if residual is None else torch.addmm(residual, x, weight.t())
+
+
+def row_layer_step(layer: BLTTransformerLayer, hidden_states, rotations, attention_plan) -> torch.Tensor:
+    """The layer on one fp32 position per row [B, 1, d] reading its own weights, no fused copies (for the global
+    transformer's large layers, where copies would cost as much memory as the model): each RMSNorm a per-row scale
+    times its weight, the residual adds riding on the output matmuls, RoPE on q and k as complex products. For a
+    `row_step_eligible` layer."""
+    attention, mlp = layer.self_attn, layer.mlp
+    heads, kv_heads, dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
+    batch, _, width = hidden_states.shape
+    eps = torch.tensor(layer.input_layernorm.variance_epsilon, device=hidden_states.device)
+    flat = hidden_states.view(batch, width)
+    normed = flat * rms_scale(hidden_states, eps).view(batch, 1) * layer.input_layernorm.weight
+    turn = rotations.view(batch, 1, dim // 2)
+    q = torch.view_as_real(torch.view_as_complex(_rows_times(normed, attention.q_proj.weight)
+                                                 .view(batch, heads, dim // 2, 2)) * turn)
+    k = torch.view_as_real(torch.view_as_complex(_rows_times(normed, attention.k_proj.weight)
+                                                 .view(batch, kv_heads, dim // 2, 2)) * turn)
+    v = _rows_times(normed, attention.v_proj.weight).view(batch, kv_heads, 1, dim)
+    out = attention_plan(q.view(batch, heads, 1, dim), k.view(batch, kv_heads, 1, dim), v, layer.layer_idx)
+    hidden = _rows_times(out.reshape(batch, heads * dim), attention.o_proj.weight, flat)
+    mlp_norm = layer.post_attention_layernorm.weight
+    normed = hidden * rms_scale(hidden.view(batch, 1, width), eps).view(batch, 1) * mlp_norm
+    activated = F.silu(_rows_times(normed, mlp.gate_proj.weight)).mul_(_rows_times(normed, mlp.up_proj.weight))
+    return _rows_times(activated, mlp.down_proj.weight, hidden).view(batch, 1, width)
 
 
 def _fused_chunk_step(layer, hidden_states, rotations, attention_plan, weights) -> torch.Tensor:

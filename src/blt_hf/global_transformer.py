@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_blt_hf import BLTGlobalTransformerConfig
+from .decoding import fast_paths_eligible, row_layer_step, row_step_eligible
 from .layers import BLTRotaryEmbedding, BLTTransformerLayer, project
 from .masks import PatchAttentionPlan
 
@@ -37,11 +38,15 @@ class BLTGlobalTransformer(nn.Module):
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         rotations = self.rotary_emb(attention_plan.positions())
         all_states = [hidden] if output_hidden_states else None
-        # Plain layers also when decoding: fused (`decoding.fast_layer_step`), the first patch of each generation
-        # cost ~30 ms more at 4k context (the 70M benchmark model, 7 ms per byte) and later steps gained nothing,
-        # since these large matmuls, not kernel launches, set a patch step's time (README, issue 17's recheck).
+        # One patch per row continuing a cache: `decoding.row_layer_step`, the layer in fewer kernels on its own
+        # weights. Not `fast_layer_step`: its fused weight copies cost the first patch of each generation ~30 ms at
+        # 4k context on the 70M benchmark model, and the memory of the layers again (README, issue 17's recheck).
+        row_steps = fast_paths_eligible(hidden, attention_plan.cache)
         for layer in self.layers:
-            hidden = layer(hidden, rotations, attention_plan)
+            if row_steps and row_step_eligible(layer):
+                hidden = row_layer_step(layer, hidden, rotations, attention_plan)
+            else:
+                hidden = layer(hidden, rotations, attention_plan)
             if output_hidden_states:
                 all_states.append(hidden)
         if attention_plan.cache is not None:
