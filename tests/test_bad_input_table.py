@@ -40,7 +40,35 @@ def folders(tmp_path_factory):
     torch.save({}, root / "meta" / "consolidated.pth")
     (root / "nonempty").mkdir()
     (root / "nonempty" / "metrics.json").write_text("{}")
+    _damaged_copies(root)
     return root
+
+
+def _damaged_copies(root: Path) -> None:
+    """truncated/: model.safetensors cut in half; lacking/: one weight removed; extra/: one weight too many;
+    list_config/: a config.json holding a list; bad_index/: sharded, its index's weight_map a list."""
+    from safetensors.torch import load_file, save_file
+
+    for name in ("truncated", "lacking", "extra", "list_config"):
+        tiny_model(seed=1).save_pretrained(root / name)
+    data = (root / "truncated" / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for name, edit in (("lacking", lambda s: s.pop("model.global_transformer.layers.0.mlp.up_proj.weight")),
+                       ("extra", lambda s: s.update({"model.global_transformer.layers.9.mlp.up_proj.weight":
+                                                     torch.zeros(3)}))):
+        state = load_file(str(root / name / "model.safetensors"))
+        edit(state)
+        save_file(state, str(root / name / "model.safetensors"), metadata={"format": "pt"})
+    (root / "list_config" / "config.json").write_text("[1, 2]")
+    tiny_model(seed=1).save_pretrained(root / "bad_index", max_shard_size="100KB")
+    (root / "bad_index" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": []}))
+
+
+def _cached_rows(model, rows):
+    """The cache of a forward over `rows` (ids), or over that many random rows of 5 bytes."""
+    with torch.no_grad():
+        ids = random_ids(5, batch=rows) if isinstance(rows, int) else rows
+        return model(ids, use_cache=True).past_key_values
 
 
 def _llama_config():
@@ -137,6 +165,42 @@ CASES = [
      ["'llama' checkpoint", "blt-hf convert-llama"]),
     ("patcher_from_blt_folder", lambda m, f: BLTPatcher.from_pretrained(f / "model"), ValueError,
      ["'blt_hf' checkpoint", "BLTPatcher"]),
+    ("truncated_weights", lambda m, f: BLTForCausalLM.from_pretrained(f / "truncated"), ValueError,
+     ["model.safetensors", "not a readable safetensors file", "truncated"]),
+    ("weights_lacking_a_tensor", lambda m, f: BLTForCausalLM.from_pretrained(f / "lacking"), ValueError,
+     ["lacks 1 weights", "layers.0.mlp.up_proj.weight", "start random", "output_loading_info=True"]),
+    ("weights_holding_a_tensor_too_many", lambda m, f: BLTForCausalLM.from_pretrained(f / "extra"), ValueError,
+     ["no place for", "layers.9.mlp.up_proj.weight"]),
+    ("config_holding_a_list", lambda m, f: BLTForCausalLM.from_pretrained(f / "list_config"), ValueError,
+     ["config.json", "must hold", "list"]),
+    ("shard_index_weight_map_a_list", lambda m, f: BLTForCausalLM.from_pretrained(f / "bad_index"), ValueError,
+     ["model.safetensors.index.json", "weight_map"]),
+    ("tokenizer_patch_lengths_of_bad_ids",
+     lambda m, f: BLTTokenizer().attach_model(m).patch_lengths(torch.tensor([[1, 5, 999]])), ValueError,
+     ["patch_lengths", "0..259", "999"]),
+    ("tokenizer_decode_bytes_of_bad_ids", lambda m, f: BLTTokenizer().decode_bytes([-1, 300, 108]), ValueError,
+     ["decode_bytes", "-1", "300"]),
+    ("tokenizer_decode_bytes_of_a_string", lambda m, f: BLTTokenizer().decode_bytes("abc"), TypeError,
+     ["decode_bytes", "str"]),
+    # --- caches that belong to other rows
+    ("cache_of_other_rows_in_forward",
+     lambda m, f: m(random_ids(1, batch=4), past_key_values=_cached_rows(m, 2), use_cache=True), ValueError,
+     ["past_key_values holds 2 rows", "input_ids has 4"]),
+    ("cache_of_other_rows_in_generate",
+     lambda m, f: _generate(m, random_ids(8, batch=4), past_key_values=_cached_rows(m, 2), max_new_tokens=2),
+     ValueError, ["past_key_values holds 2 rows", "the prompt has 4"]),
+    ("cache_with_beams",
+     lambda m, f: _generate(m, random_ids(8, batch=2), past_key_values=_cached_rows(m, random_ids(8, batch=2)[:, :5]),
+                            num_beams=2, max_new_tokens=2),
+     ValueError, ["num_beams", "without a cache"]),
+    ("generate_eos_outside_the_vocabulary",
+     lambda m, f: m.generate(random_ids(4), do_sample=False, eos_token_id=999, max_new_tokens=2), ValueError,
+     ["eos_token_id", "0..259", "999"]),
+    ("generate_negative_pad", lambda m, f: _generate(m, random_ids(4), pad_token_id=-5, max_new_tokens=2), ValueError,
+     ["pad_token_id", "-5"]),
+    ("generate_from_embeddings",
+     lambda m, f: m.generate(inputs_embeds=torch.zeros(1, 3, 64), max_new_tokens=2), ValueError,
+     ["needs input_ids"]),
     # --- conversions and tools
     ("llama_cross_attn_k_zero",
      lambda m, f: import_module("blt_hf.convert.llama").blt_config_for_llama(_llama_config(),

@@ -424,3 +424,52 @@ def test_mixing_two_shipped_deltas_interpolates_trained_weights_and_scales_the_l
     with pytest.raises(ValueError, match="low-rank factors"):
         mix_folders(tmp_path / "stage2", tmp_path / "stage2", 0.5, tmp_path / "bad", folder)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
+def test_a_work_folder_resumes_only_the_run_it_was_made_for(tmp_path, source, capsys):
+    """Teacher outputs and checkpoints in --work belong to one source, training text and model: another run is
+    refused (naming what differs) instead of silently training on the old run's stored outputs."""
+    folder, tokenizer, _ = source
+    train = tmp_path / "train.txt"
+    train.write_bytes(DATA.read_bytes()[:6000])
+    work = tmp_path / "work"
+    tiny = ["--teacher-windows", "2", "--tokens-per-window", "32", "--batch-windows", "2", "--boundary-steps", "1",
+            "--stage1-steps", "1", "--eval-windows", "1", "--local-hidden-size", "32", "--decoder-layers", "1"]
+
+    def run(src, out, *extra):
+        code = cli_main(["byteify", str(src), str(tmp_path / out), "--train", str(train), "--eval", str(train),
+                         "--work", str(work), *tiny, *extra])
+        return code, capsys.readouterr().err.strip()
+
+    assert run(folder, "first")[0] == 0
+    other, _, _ = save_tiny_llama(tmp_path / "other_llama", tokenizer, embedding_scale=2.0)
+    others = [(other, [], "source weights"), (folder, ["--local-hidden-size", "48"], "model options")]
+    for src, extra, differs in others:
+        code, err = run(src, "second", *extra)
+        assert code == 2 and "another byte-ification run" in err and differs in err, err
+        assert not (tmp_path / "second").exists()
+    assert run(folder, "again")[0] == 0  # the same run resumes (here: finds every stage done)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    code = cli_main(["byteify", str(folder), str(tmp_path / "third"), "--train", str(train), "--eval", str(train),
+                     "--work", str(stray), *tiny])
+    assert code == 2 and "holds no run.json" in capsys.readouterr().err
+    assert (stray / "notes.txt").read_text() == "mine" and sorted(p.name for p in stray.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda config: {**config, "vocab_size": config["vocab_size"] + 1}, ["embed_tokens.weight has", "vocab_size="]),
+    (lambda config: {**config, "hidden_size": 48, "head_dim": 12}, ["embed_tokens.weight has shape", "hidden_size=48"]),
+])
+def test_byteify_refuses_embeddings_that_disagree_with_the_config(tmp_path, source, edit, words):
+    folder, tokenizer, _ = source
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            (bad / name).write_bytes((folder / name).read_bytes())
+    (bad / "config.json").write_text(json.dumps(edit(json.loads((folder / "config.json").read_text()))))
+    with pytest.raises(ValueError) as raised:
+        byteify_model(bad, tokenizer, **TINY_LOCAL)
+    assert all(word in str(raised.value) for word in words), raised.value

@@ -205,3 +205,91 @@ def test_real_llama_shapes_map_onto_the_global_transformer_on_the_meta_device(na
                 if not k.startswith("token_embedding_projection")}
     check_tensors(state, expected, name)
     assert blt.config.needs_global_projection == (shape["hidden_size"] != 2048)
+
+
+def _broken_llama(tmp_path, name, damage):
+    """A tiny Llama folder (single-file safetensors) after `damage(folder)`."""
+    folder = tmp_path / name
+    tiny_llama("gqa").save_pretrained(folder)
+    damage(folder)
+    return folder
+
+
+def _edit_state(edit):
+    def damage(folder):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        edit(state)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+    return damage
+
+
+def _edit_config(edit):
+    def damage(folder):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(edit(config)))
+
+    return damage
+
+
+def _as_torch_file(content):
+    def damage(folder):
+        (folder / "model.safetensors").unlink()
+        torch.save(content, folder / "pytorch_model.bin")
+
+    return damage
+
+
+def _truncate(name):
+    def damage(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+
+    return damage
+
+
+Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
+BROKEN_LLAMAS = {
+    "q_proj_not_fitting_the_heads": (_edit_state(lambda s: s.update({Q_PROJ: s[Q_PROJ][:-1]})),
+                                     [Q_PROJ, "shapes that disagree with the config"]),
+    "nan_weight": (_edit_state(lambda s: s[Q_PROJ].view(-1)[3:5].fill_(float("nan"))), ["NaN", Q_PROJ]),
+    "integer_weight": (_edit_state(lambda s: s.update({Q_PROJ: s[Q_PROJ].long()})), ["not floating point", Q_PROJ]),
+    "config_holding_a_list": (_edit_config(lambda c: [1, 2]), ["config.json", "must hold", "list"]),
+    "heads_not_dividing_the_width": (_edit_config(lambda c: {**c, "num_attention_heads": 5}), ["config.json"]),
+    "kv_heads_not_dividing_the_heads": (_edit_config(lambda c: {**c, "num_key_value_heads": 3}),
+                                        ["does not fit together", "3 key/value heads"]),
+    "width_the_weights_do_not_have": (_edit_config(lambda c: {**c, "hidden_size": 1024, "intermediate_size": 4096}),
+                                      ["shapes that disagree with the config"]),
+    "truncated_safetensors": (_truncate("model.safetensors"),
+                              ["model.safetensors", "not a readable safetensors file", "truncated"]),
+    "truncated_torch_file": (lambda f: (_as_torch_file(tiny_llama("gqa").state_dict())(f),
+                                        _truncate("pytorch_model.bin")(f)),
+                             ["pytorch_model.bin", "not a readable torch checkpoint"]),
+    "torch_file_holding_a_list": (_as_torch_file([torch.zeros(2)]), ["pytorch_model.bin", "state dict", "list"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_LLAMAS))
+def test_a_broken_llama_fails_conversion_with_a_message_naming_it_and_leaves_nothing(tmp_path, case):
+    damage, words = BROKEN_LLAMAS[case]
+    folder = _broken_llama(tmp_path, "llama", damage)
+    with pytest.raises(ValueError) as raised:
+        convert_llama(folder, tmp_path / "out", local_heads=2, hash_vocab=97, patching_mode="space",
+                      has_patcher=False)
+    missing = [word for word in words if word not in str(raised.value)]
+    assert not missing, f"{missing} not in {raised.value}"
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_a_shard_index_without_a_weight_map_of_names_is_named(tmp_path):
+    llama = tiny_llama("gqa")
+    llama.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": []}))
+    with pytest.raises(ValueError, match="index.json: its weight_map must map tensor names to shard file names"):
+        convert_llama(tmp_path / "sharded", tmp_path / "out")
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="index.json is not valid JSON"):
+        convert_llama(tmp_path / "sharded", tmp_path / "out")

@@ -409,3 +409,21 @@ def test_source_patching_returns_the_hidden_states_of_its_own_patches(source_pat
     assert ahead.hidden_states is not None and ahead.patch_lengths is not None
     again = model(ids, patch_lengths=ahead.patch_lengths, use_cache=False, output_hidden_states=True)
     assert torch.allclose(ahead.hidden_states[-1], again.hidden_states[-1], atol=1e-5)
+
+
+def test_source_patching_scores_a_lone_byte_without_a_cache(source_patched):
+    """A one-byte sequence without a cache (e.g. generate(BOS, use_cache=False)) is scored like its first position
+    in a longer uncached call and like a step through an explicitly given fresh cache."""
+    from blt_hf import BLTCache
+
+    model, _ = source_patched
+    ids = torch.tensor([[1] + [b + 4 for b in b"the"]])
+    with torch.no_grad():
+        alone = model(ids[:, :1], use_cache=False).logits
+        longer = model(ids, use_cache=False).logits
+        stepped = model(ids[:, :1], past_key_values=BLTCache(model.config, 1, ids.device), use_cache=True).logits
+        generated = model.generate(ids[:, :1], use_cache=False, max_new_tokens=4, do_sample=False, eos_token_id=None)
+        cached = model.generate(ids[:, :1], max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert torch.allclose(alone[:, 0], longer[:, 0], atol=1e-5)
+    assert torch.allclose(alone, stepped, atol=1e-5)
+    assert torch.equal(generated, cached)

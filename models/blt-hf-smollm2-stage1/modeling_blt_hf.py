@@ -411,6 +411,12 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError(
                 "this BLTCache was built from right-padded rows and cannot be continued; pad on the left to generate"
             )
+        if cache is not None and cache.num_bytes.shape[0] != batch:
+            raise ValueError(
+                f"past_key_values holds {cache.num_bytes.shape[0]} rows but input_ids has {batch}: a cache continues "
+                "the rows it was built on, one per sequence (beam search and num_return_sequences > 1 expand the "
+                "rows: start them without a cache, or index the cache's rows with reorder_cache)"
+            )
         if cache is None and use_cache:
             cache = BLTCache(self.config, batch, device)
         return cache, use_cache
@@ -582,7 +588,8 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
                 and input_ids is not None):
             self.model._check_input_ids(input_ids)  # before the byte-by-byte loop reads the shape
-            if input_ids.shape[1] > 1 or self.config.patching_lookahead:
+            # a single byte without a cache is a whole sequence too: the token head still decides byte by byte
+            if input_ids.shape[1] > 1 or self.config.patching_lookahead or past_key_values is None:
                 return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
                                                   logits_to_keep, output_patch_lengths, output_hidden_states,
                                                   **kwargs)
@@ -783,8 +790,18 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         speculative = kwargs.pop("speculative_bytes", getattr(config, "speculative_bytes", None))
         cache = kwargs.get("past_key_values")
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("BLT needs input_ids: its hash n-gram embeddings and patching read the byte ids")
+        self._check_generation_ids(config, kwargs)
         if isinstance(cache, BLTCache) and isinstance(prompt, torch.Tensor) and prompt.dim() == 2:
             self._check_cache_continues(cache, prompt, kwargs.get("attention_mask"))
+            expanded = max(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1,
+                           kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1)
+            if expanded > 1:
+                raise ValueError(
+                    "past_key_values holds one row per prompt, but num_beams / num_return_sequences > 1 expand the "
+                    "rows before decoding: start beam search and multiple returned sequences without a cache"
+                )
         if speculative is None or speculative == 0:
             return super().generate(inputs, generation_config, **kwargs)
         speculative = check_speculative_bytes(speculative)
@@ -802,10 +819,29 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                            speculative_streamer=kwargs.get("streamer"))
         return super().generate(inputs, generation_config, custom_generate=decoding, **kwargs)
 
+    def _check_generation_ids(self, config, kwargs) -> None:
+        """eos/pad/bos ids given to generate (or in its config) must be ids of this model's vocabulary: an EOS the
+        model can never produce would silently never stop a row."""
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            value = kwargs[name] if name in kwargs else getattr(config, name, None)
+            if isinstance(value, torch.Tensor):
+                value = value.tolist()
+            values = value if isinstance(value, (list, tuple)) else [value]
+            vocab = self.config.vocab_size
+            bad = [v for v in values if v is not None and (not isinstance(v, int) or not 0 <= v < vocab)]
+            if bad:
+                raise ValueError(f"{name} must be a byte-vocabulary id in 0..{vocab - 1} (EOS is 2, "
+                                 f"padding 0), got {value!r}")
+
     @staticmethod
     def _check_cache_continues(cache: BLTCache, prompt: torch.Tensor, attention_mask=None) -> None:
         """A cache passed to generate() must have seen fewer columns than the prompt, and the last bytes it saw
         must be the prompt's at those columns (a cache returned by an earlier call holds that call's output)."""
+        if cache.num_bytes.shape[0] != prompt.shape[0]:
+            raise ValueError(
+                f"past_key_values holds {cache.num_bytes.shape[0]} rows but the prompt has {prompt.shape[0]}: a cache "
+                "continues the rows it was built on"
+            )
         seen = cache.get_seq_length()
         if seen >= prompt.shape[1]:
             raise ValueError(

@@ -158,9 +158,17 @@ class BLTTokenizer(PreTrainedTokenizer):
         return self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
 
     def decode_bytes(self, ids) -> bytes:
-        """ids -> the exact bytes they stand for (special ids dropped)."""
+        """ids -> the exact bytes they stand for (special and added-token ids dropped). ValueError for anything
+        that is not a token id of this tokenizer, rather than bytes with a silent hole."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
+        if isinstance(ids, (str, bytes, bytearray)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"decode_bytes takes a sequence of token ids, got {type(ids).__name__}")
+        ids = list(ids)
+        bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(self)]
+        if bad:
+            raise ValueError(f"decode_bytes takes token ids in 0..{len(self) - 1} (byte b is id b + {BYTE_OFFSET}), "
+                             f"got {bad[:5]}")
         return bytes(i - BYTE_OFFSET for i in ids if BYTE_OFFSET <= i < BYTE_VOCAB_SIZE)
 
     # ------------------------------------------------------------------ patching
@@ -205,6 +213,13 @@ class BLTTokenizer(PreTrainedTokenizer):
         input_ids = torch.as_tensor(input_ids)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
+        if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+            raise ValueError(f"patch_lengths takes [batch, length] integer byte ids, got {input_ids.dtype} of shape "
+                             f"{list(input_ids.shape)}")
+        bad = input_ids[(input_ids < 0) | (input_ids >= BYTE_VOCAB_SIZE)]
+        if bad.numel():
+            raise ValueError(f"patch_lengths takes byte ids in 0..{BYTE_VOCAB_SIZE - 1} (byte b is id b + "
+                             f"{BYTE_OFFSET}), got {bad[:5].tolist()}")
         mask = None if attention_mask is None else torch.as_tensor(attention_mask)
         if mask is not None and mask.dim() == 1:
             mask = mask[None]

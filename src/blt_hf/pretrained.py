@@ -33,10 +33,28 @@ class BLTPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """transformers' `from_pretrained`, after `check_checkpoint_folder` (without `config=`): a local folder
-        must hold a BLT `config.json`, so that a mistyped path never builds (and allocates) a default model."""
+        must hold a BLT `config.json` and whole weight files, so that a mistyped path never builds (and allocates)
+        a default model. A checkpoint that lacks weights the config needs (they would start random), or holds
+        weights the config has no place for, is an error; `output_loading_info=True` returns them instead, as
+        transformers does, for a caller that means to accept them."""
         if config is None and pretrained_model_name_or_path is not None:
             check_checkpoint_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if kwargs.get("output_loading_info"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
+                                              output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith("lm_head."))
+        if missing or unexpected:  # (a base model loaded from a causal-LM checkpoint leaves its byte head out)
+            problems = ([f"lacks {len(missing)} weights the config needs, which would start random: {missing[:8]}"]
+                        if missing else [])
+            problems += ([f"holds {len(unexpected)} weights the config has no place for: {unexpected[:8]}"]
+                         if unexpected else [])
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the checkpoint " + "; ".join(problems) + ". Check that its "
+                "config.json belongs to these weights, or pass output_loading_info=True to load it anyway and see them"
+            )
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`, then remove the shard indexes of an earlier save into the same folder
@@ -82,8 +100,7 @@ def read_safetensors(source: str | Path, stem: str = "model", prefix: str = "") 
     index_name = f"{stem}.safetensors.index.json"
     index = find(index_name)
     if index is not None:
-        with open(index, encoding="utf-8") as handle:
-            weight_map = {k: v for k, v in json.load(handle)["weight_map"].items() if k.startswith(prefix)}
+        weight_map = {k: v for k, v in read_weight_map(index).items() if k.startswith(prefix)}
         shards = {name: find(name) for name in sorted(set(weight_map.values()))}
         missing = [name for name, path in shards.items() if path is None]
         if missing:
@@ -96,6 +113,7 @@ def read_safetensors(source: str | Path, stem: str = "model", prefix: str = "") 
         paths, weight_map = [single], None
     state = {}
     for path in paths:
+        check_safetensors_file(path)
         with safe_open(path, framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(prefix):
@@ -105,6 +123,53 @@ def read_safetensors(source: str | Path, stem: str = "model", prefix: str = "") 
         if absent:
             raise ValueError(f"{source}: tensors listed in {index_name} are absent from the shards: {absent[:10]}")
     return state
+def read_json_file(path: str | Path, what: str = "a JSON object") -> dict:
+    """The JSON object in `path`; ValueError naming the file when it is not UTF-8 JSON holding an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold {what}, got a JSON {type(value).__name__}")
+    return value
+
+
+def read_weight_map(index_file: str | Path) -> dict[str, str]:
+    """The `weight_map` of a shard index: tensor name -> shard file name; ValueError naming the file otherwise."""
+    weight_map = read_json_file(index_file, "a shard index (an object with a weight_map)").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ValueError(f"{index_file}: its weight_map must map tensor names to shard file names")
+    return weight_map
+
+
+def check_safetensors_file(path: str | Path) -> None:
+    """ValueError naming `path` when it is not a whole safetensors file: an 8-byte header length, a JSON header, and
+    exactly the data bytes the header's offsets describe (a truncated or foreign file fails here, not deep inside
+    a reader)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        problem = None
+        if header_length < 2 or 8 + header_length > size:
+            problem = "its header is missing or longer than the file"
+        else:
+            try:
+                header = json.loads(handle.read(header_length))
+                ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+                problem = "its header is not a safetensors header"
+            else:
+                expected = 8 + header_length + max(ends, default=0)
+                if expected != size:
+                    problem = f"it holds {size} bytes but its header describes {expected} (truncated or damaged)"
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable safetensors file: {problem}")
+
+
 def _looks_like_a_local_path(name: str) -> bool:
     """Hub ids are "name" or "owner/name"; anything else (absolute, ./, ~, deeper, backslashes) is a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
@@ -125,11 +190,7 @@ def check_checkpoint_folder(model_class, path, subfolder: str = "") -> None:
             f"{folder} has no config.json, so it is not a saved {model_class.__name__} checkpoint "
             "(save one with save_pretrained, or pass config=)"
         )
-    try:
-        with open(config_file, encoding="utf-8") as handle:
-            found = json.load(handle).get("model_type")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise ValueError(f"{config_file} is not a JSON config: {error}") from None
+    found = read_json_file(config_file, "a JSON config (an object)").get("model_type")
     expected = model_class.config_class.model_type
     if found is not None and found != expected:
         hint = {"llama": "blt-hf convert-llama", "blt": "blt-hf convert-transformers"}.get(found)
@@ -137,6 +198,17 @@ def check_checkpoint_folder(model_class, path, subfolder: str = "") -> None:
             f"{folder} holds a {found!r} checkpoint, not a {model_class.__name__} (model_type {expected!r})"
             + (f"; convert it first with `{hint}`" if hint else "")
         )
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        names = sorted(set(read_weight_map(index).values()))
+        missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            raise OSError(f"{folder}: shards listed in model.safetensors.index.json are missing: {missing}")
+        files = [os.path.join(folder, name) for name in names]
+    else:
+        files = [path for path in [os.path.join(folder, "model.safetensors")] if os.path.isfile(path)]
+    for path in files:
+        check_safetensors_file(path)
 
 
 def check_labels(labels, input_ids, vocab_size: int) -> None:

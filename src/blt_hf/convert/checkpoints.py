@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import read_safetensors
+from ..pretrained import read_json_file, read_safetensors
 
 
 def load_state_dict(folder: str | Path, stem: str = "model", allow_torch_files: bool = True) -> dict[str, torch.Tensor]:
@@ -42,6 +41,8 @@ def load_state_dict(folder: str | Path, stem: str = "model", allow_torch_files: 
             loaded = _load_torch_file(path)
             if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
                 loaded = loaded["model"]
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path} must hold a state dict (name -> tensor), got a {type(loaded).__name__}")
             return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     raise ValueError(f"{folder} has no weights ({stem}.safetensors, its index, consolidated.pth or {stem}.bin)")
 
@@ -55,6 +56,8 @@ def _load_torch_file(path: Path):
             f"{path} holds pickled objects other than tensors and plain containers; refusing to load it "
             f"(nothing is ever unpickled freely). {reason}"
         ) from error
+    except (RuntimeError, EOFError, OSError) as error:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or damaged?): {error}") from None
 
 
 def _template(key: str) -> tuple[str, list[str]]:
@@ -134,7 +137,8 @@ def write_folder_atomically(destination: str | Path, write: Callable[[Path], Non
 
 
 def read_json(path: str | Path) -> dict:
+    """The JSON object in `path`; ValueError naming the file when it is missing or not a JSON object."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist")
-    return json.loads(path.read_text())
+    return read_json_file(path)

@@ -13,7 +13,6 @@ pairs (2i, 2i+1). The converter reorders those rows, so each converted layer com
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -87,9 +86,77 @@ def global_config_from_llama(llama_config) -> dict:
     )
 
 
+def read_llama_config(source: Path):
+    """The Llama config of a Hugging Face folder; ValueError naming config.json when it is missing, not JSON, of
+    another model type, or holds values transformers rejects."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    config_file = Path(source) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
+    model_type = read_json(config_file).get("model_type")
+    if model_type != "llama":
+        raise ValueError(f"{source} holds a {model_type!r} checkpoint; expected a Llama (model_type 'llama')")
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (StrictDataclassError, TypeError, ValueError) as error:
+        raise ValueError(f"{config_file}: {' '.join(str(error).split())}") from None
+
+
+def llama_layer_shapes(llama_config) -> dict[str, tuple[int, ...]]:
+    """The shape of each decoder-layer weight (`LLAMA_LAYER_WEIGHTS`) that the Llama config implies."""
+    hidden, heads = llama_config.hidden_size, llama_config.num_attention_heads
+    kv_heads = llama_config.num_key_value_heads or heads
+    if hidden % heads or (hidden // heads) % 2 or heads % kv_heads:
+        raise ValueError(
+            f"this Llama config does not fit together: hidden_size {hidden}, {heads} attention heads, {kv_heads} "
+            "key/value heads (the heads must divide the width into even head sizes, the kv heads the heads)"
+        )
+    head_dim, intermediate = hidden // heads, llama_config.intermediate_size
+    return {
+        "self_attn.q_proj.weight": (heads * head_dim, hidden), "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+        "self_attn.v_proj.weight": (kv_heads * head_dim, hidden), "self_attn.o_proj.weight": (hidden, heads * head_dim),
+        "mlp.gate_proj.weight": (intermediate, hidden), "mlp.up_proj.weight": (intermediate, hidden),
+        "mlp.down_proj.weight": (hidden, intermediate),
+        "input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,),
+    }
+
+
+def check_llama_layers(mapped: dict[str, torch.Tensor], llama_config) -> None:
+    """Every mapped layer weight has the shape the config implies and holds finite floating-point values; checked
+    before anything is reordered or built, so weights that do not fit fail here, naming the tensors."""
+    shapes = llama_layer_shapes(llama_config)
+    layers = llama_config.num_hidden_layers
+    wrong, not_float, not_finite, extra = [], [], [], []
+    for blt_name, tensor in mapped.items():
+        name = blt_name.replace("model.global_transformer.", "model.", 1)  # the checkpoint's own name
+        index, _, weight = name.removeprefix("model.layers.").partition(".")
+        if not index.isdigit() or int(index) >= layers:
+            extra.append(name)
+        elif tuple(tensor.shape) != shapes[weight]:
+            wrong.append(f"{name}: {tuple(tensor.shape)} != {shapes[weight]}")
+        elif not tensor.is_floating_point():
+            not_float.append(f"{name} ({tensor.dtype})")
+        elif not tensor.is_meta and not bool(torch.isfinite(tensor).all()):  # (meta tensors: shapes only)
+            not_finite.append(name)
+    problems = []
+    if extra:
+        problems.append(f"layers beyond the config's num_hidden_layers={layers}: {sorted(extra)[:6]}")
+    if wrong:
+        problems.append(f"shapes that disagree with the config {wrong[:6]}")
+    if not_float:
+        problems.append(f"weights that are not floating point {not_float[:6]}")
+    if not_finite:
+        problems.append(f"weights holding NaN or inf {not_finite[:6]}")
+    if problems:
+        raise ValueError("Llama layers: " + "; ".join(problems))
+
+
 def global_state_from_llama(state: dict[str, torch.Tensor], llama_config) -> dict[str, torch.Tensor]:
     """Llama decoder-layer tensors under blt_hf names, q/k rows reordered for BLT's RoPE layout."""
     mapped = map_keys(state, LLAMA_KEY_TABLE, "Llama checkpoint")
+    check_llama_layers(mapped, llama_config)
     heads = llama_config.num_attention_heads
     kv_heads = llama_config.num_key_value_heads or heads
     for name in list(mapped):
@@ -162,19 +229,12 @@ def convert_llama(
     **options,
 ):
     """Convert a Hugging Face Llama folder into a blt_hf BLT folder (written atomically). Returns the model."""
-    from transformers import AutoConfig
-
     from ..modeling_blt_hf import BLTForCausalLM
     from ..tokenization_blt_hf import BLTTokenizer
 
     source = Path(source)
     check_destination(destination)
-    if not (source / "config.json").is_file():
-        raise ValueError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
-    model_type = json.loads((source / "config.json").read_text()).get("model_type")
-    if model_type != "llama":
-        raise ValueError(f"{source} holds a {model_type!r} checkpoint; expected a Llama (model_type 'llama')")
-    llama_config = AutoConfig.from_pretrained(source)
+    llama_config = read_llama_config(source)
     state = load_state_dict(source)
     global_state = global_state_from_llama(state, llama_config)
 

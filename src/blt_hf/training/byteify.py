@@ -184,8 +184,14 @@ class TeacherShards:
         return sorted(self.folder.glob("shard_*.safetensors"))
 
     def windows_done(self) -> int:
+        from ..pretrained import read_json_file
+
         done = self.folder / "progress.json"
-        return json.loads(done.read_text())["windows"] if done.is_file() else 0
+        windows = read_json_file(done).get("windows") if done.is_file() else 0
+        if not isinstance(windows, int) or windows < 0:
+            raise ValueError(f"{done} must record the windows stored so far ({{\"windows\": N}}); delete the teacher "
+                             "folder to recompute it")
+        return windows
 
     def compute(self, llama, tokenizer, windows, start_id: int, windows_per_shard: int = 16, limit: int | None = None,
                 log=print) -> int:
@@ -232,6 +238,23 @@ class TeacherShards:
         os.replace(temporary, self.folder / name)
 
 
+def check_teacher_shard(path: Path) -> None:
+    """ValueError naming a stored teacher shard that is damaged or lacks its tensors (recompute it: delete it and
+    the teacher folder's progress.json)."""
+    from safetensors import safe_open
+
+    from ..pretrained import check_safetensors_file
+
+    try:
+        check_safetensors_file(path)
+        with safe_open(str(path), "pt") as handle:
+            missing = {"token_ids", "byte_lengths", "states"} - set(handle.keys())
+    except ValueError as error:
+        raise ValueError(f"damaged teacher shard: {error}; delete the teacher folder to recompute it") from None
+    if missing:
+        raise ValueError(f"teacher shard {path} lacks {sorted(missing)}; delete the teacher folder to recompute it")
+
+
 # ---------------------------------------------------------------- corpora for the SmolLM2 run
 def held_out(path: str | Path, every: int = 10) -> bool:
     """A fixed split by file name: one file in `every` is held out."""
@@ -275,23 +298,27 @@ def byteified_config(llama_config, vocabulary_rows: int, local_hidden_size: int 
 def byteify_model(llama_folder: str | Path, tokenizer, seed: int = 0, **options):
     """A BLT whose global transformer is the Llama's layers and whose patch inputs start as exactly the Llama's
     token embeddings (the local encoder's projection starts at zero). Returns (model, vocabulary)."""
-    from transformers import AutoConfig
-
     from ..convert.checkpoints import check_tensors, load_state_dict
-    from ..convert.llama import global_state_from_llama
+    from ..convert.llama import global_state_from_llama, read_llama_config
     from ..modeling_blt_hf import BLTForCausalLM
 
     llama_folder = Path(llama_folder)
-    if not (llama_folder / "config.json").is_file():
-        raise ValueError(f"{llama_folder} has no config.json: not a Hugging Face checkpoint folder")
-    llama_config = AutoConfig.from_pretrained(llama_folder)
-    if getattr(llama_config, "model_type", None) != "llama":
-        raise ValueError(f"{llama_folder} holds a {llama_config.model_type!r} checkpoint; expected a Llama")
+    llama_config = read_llama_config(llama_folder)
     vocabulary = SourceVocabulary.from_tokenizer(tokenizer)
     state = load_state_dict(llama_folder)
     embeddings = state.get("model.embed_tokens.weight")
     if embeddings is None:
         raise ValueError(f"{llama_folder} has no model.embed_tokens.weight")
+    if embeddings.dim() != 2 or embeddings.shape[1] != llama_config.hidden_size:
+        raise ValueError(
+            f"{llama_folder}: model.embed_tokens.weight has shape {tuple(embeddings.shape)}, but config.json says "
+            f"rows of hidden_size={llama_config.hidden_size}"
+        )
+    if embeddings.shape[0] != llama_config.vocab_size:
+        raise ValueError(
+            f"{llama_folder}: model.embed_tokens.weight has {embeddings.shape[0]} rows, but config.json says "
+            f"vocab_size={llama_config.vocab_size}"
+        )
     if embeddings.shape[0] < len(vocabulary) or len(vocabulary) < embeddings.shape[0] - 1024:
         raise ValueError(
             f"the tokenizer has {len(vocabulary)} tokens but the checkpoint embeds {embeddings.shape[0]}: "
@@ -384,6 +411,7 @@ class ShardStream:
             raise ValueError(f"no teacher shards in {self.shards.folder}")
         for f in files:
             if f not in self._sizes:
+                check_teacher_shard(f)
                 with safe_open(str(f), "pt") as handle:
                     self._sizes[f] = handle.get_slice("token_ids").get_shape()[0]
         owners = [(f, i) for f in files for i in range(self._sizes[f])]
@@ -622,36 +650,96 @@ class ByteifyOptions:
     model_options: dict | None = None
 
 
+RUN_RECORD = "run.json"
+
+
+def run_fingerprint(options: ByteifyOptions, source: Path) -> dict[str, str]:
+    """What a work folder's teacher outputs and checkpoints depend on: digests of the source's config, weights and
+    tokenizer and of the training files, and the options that shape the data and the model."""
+
+    def digest(paths) -> str:
+        hashed = hashlib.sha256()
+        for path in paths:
+            hashed.update(Path(path).name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hashed.update(block)
+        return hashed.hexdigest()[:16]
+
+    weights = sorted(p for p in source.iterdir()
+                     if p.is_file() and p.name.endswith((".safetensors", ".bin", ".pth", ".index.json")))
+    return {
+        "source config": digest([source / "config.json"]),
+        "source weights": digest(weights),
+        "source tokenizer": digest([source / "tokenizer.json"]),
+        "training files": digest(options.train_files),
+        "tokens_per_window": str(options.tokens_per_window),
+        "batch_windows": str(options.batch_windows),
+        "seed": str(options.seed),
+        "model options": json.dumps(options.model_options or {}, sort_keys=True, default=str),
+    }
+
+
+def claim_work_folder(work: Path, fingerprint: dict[str, str]) -> None:
+    """Resume only the run a work folder was made for: a folder with another run's record (another source,
+    training text or model options), or with contents but no record, is refused rather than silently reused."""
+    from ..pretrained import read_json_file
+
+    record = work / RUN_RECORD
+    if record.is_file():
+        stored = read_json_file(record)
+        changed = sorted(key for key in fingerprint.keys() | stored.keys() if stored.get(key) != fingerprint.get(key))
+        if changed:
+            raise ValueError(
+                f"the work folder {work} holds another byte-ification run (it differs in: {', '.join(changed)}); "
+                "pass a new --work folder, or delete this one to start over"
+            )
+        return
+    if work.exists() and (not work.is_dir() or any(work.iterdir())):
+        raise ValueError(f"{work} is not an empty folder and holds no {RUN_RECORD}: it was not made by this run; "
+                         "pass a new --work folder")
+    work.mkdir(parents=True, exist_ok=True)
+    temporary = work / (RUN_RECORD + ".tmp")
+    temporary.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    os.replace(temporary, record)
+
+
 def byteify(options: ByteifyOptions, log=print) -> dict:
     """Teacher outputs, boundary predictor, stage 1, stage 2, held-out evaluation, then a `save_pretrained`
     folder at `destination` (written atomically). Every step resumes from `work` (default: destination + ".work").
     Returns the evaluation (also written to destination/byteify_results.json)."""
+    import itertools
+
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from ..convert.checkpoints import check_destination, write_folder_atomically
+    from ..convert.llama import read_llama_config
     from ..evaluation.metrics import check_files
 
     source = Path(options.source)
     check_destination(options.destination)
     check_files(list(options.train_files) + list(options.eval_files))
-    if not (source / "config.json").is_file():
-        raise ValueError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
-    model_type = json.loads((source / "config.json").read_text()).get("model_type")
-    if model_type != "llama":
-        raise ValueError(f"{source} holds a {model_type!r} checkpoint; expected a Llama (model_type 'llama')")
+    read_llama_config(source)
     if not (source / "tokenizer.json").is_file():
         raise ValueError(f"{source} has no tokenizer.json: byte-ification needs the Llama's own fast tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model, vocabulary = byteify_model(source, tokenizer, seed=options.seed, **(options.model_options or {}))
+    train_texts = [Path(f).read_bytes() for f in options.train_files]
+    train_windows = text_windows(train_texts, tokenizer, vocabulary, options.tokens_per_window)
+    first_window = next(train_windows, None)
+    if first_window is None:
+        raise ValueError("the training files gave no text windows (too short, or not UTF-8 text the tokenizer spells)")
+    eval_windows = list(itertools.islice(text_windows([Path(f).read_bytes() for f in options.eval_files], tokenizer,
+                                                      vocabulary, options.tokens_per_window), options.eval_windows))
+    if options.eval_files and not eval_windows:
+        raise ValueError("the eval files gave no text windows (too short, or not UTF-8 text the tokenizer spells)")
     llama = LlamaForCausalLM.from_pretrained(source).eval()
     work = Path(options.work or f"{options.destination}.work")
+    claim_work_folder(work, run_fingerprint(options, source))
     start = start_token_id(tokenizer)
-    train_texts = [Path(f).read_bytes() for f in options.train_files]
     shards = TeacherShards(work / "teacher")
-    shards.compute(llama, tokenizer, text_windows(train_texts, tokenizer, vocabulary, options.tokens_per_window),
-                   start, limit=options.teacher_windows, log=log)
-    if not shards.shards():
-        raise ValueError("the training files gave no text windows (too short, or not UTF-8 text the tokenizer spells)")
+    shards.compute(llama, tokenizer, itertools.chain([first_window], train_windows), start,
+                   limit=options.teacher_windows, log=log)
     patcher = model.model.patcher  # the boundary predictor (none in source patching)
     if patcher is not None:
         train_stage(patcher, patcher, boundary_loss, ShardStream(shards, vocabulary, options.batch_windows), work,
@@ -666,8 +754,6 @@ def byteify(options: ByteifyOptions, log=print) -> dict:
     model.requires_grad_(True)
     if patcher is not None:
         patcher.requires_grad_(False)
-    eval_windows = list(text_windows([Path(f).read_bytes() for f in options.eval_files], tokenizer, vocabulary,
-                                     options.tokens_per_window))[: options.eval_windows]
     results = evaluate_windows(model, llama, eval_windows, vocabulary, start) if eval_windows else {}
     results["source"] = str(source)
 
