@@ -850,7 +850,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                 "previous generate() output), or a fresh cache"
             )
         width = min(seen, cache.byte_history.shape[1])
-        if width and cache.byte_history.shape[0] == prompt.shape[0]:
+        if width:  # (the rows were checked above)
             expected = prompt[:, seen - width : seen].to(cache.byte_history.device)
             if attention_mask is not None and attention_mask.shape[1] == prompt.shape[1]:
                 real = attention_mask[:, seen - width : seen].to(expected.device).bool()
