@@ -292,3 +292,49 @@ def test_two_thousand_generated_bytes_keep_local_caches_within_their_windows(mod
 @pytest.mark.parametrize("mode", ["entropy", "static"])
 def test_twenty_thousand_generated_bytes_keep_local_caches_bounded(mode):
     _generate_and_check_local_caches_stay_bounded(mode, 20_000)
+
+
+class ForceText:
+    """A logits processor that makes row r generate `texts[r]`'s bytes (then EOS-free filler "."), whatever the
+    model would have chosen."""
+
+    def __init__(self, texts, prompt_width):
+        self.targets = [list(t.encode("utf-8")) for t in texts]
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_width
+        forced = torch.tensor([t[step] if step < len(t) else ord(".") for t in self.targets]) + 4
+        return torch.where(torch.arange(scores.shape[1]) == forced[:, None], 0.0, -float("inf"))
+
+
+@pytest.mark.parametrize("speculative", [None, 3])
+def test_stop_strings_with_multibyte_characters_stop_each_row_right_after_its_first_match(speculative):
+    model = build_model("entropy", seed=5)
+    tok = BLTTokenizer()
+    texts = ["naïve café au lait → more", "an arrow → then é", "plain ascii, no stop in it at all"]
+    stops = ["é", "→", "t al"]
+    ids, mask = left_padded_batch([9, 5, 12], seed=5)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, eos_token_id=2,
+                             pad_token_id=0, stop_strings=stops, tokenizer=tok, speculative_bytes=speculative,
+                             logits_processor=LogitsProcessorList([ForceText(texts, ids.shape[1])]))
+    expected = []
+    for text in texts:  # reference: the first byte position where any stop string's bytes end
+        data = text.encode("utf-8")
+        ends = [data.find(s.encode("utf-8")) + len(s.encode("utf-8")) for s in stops if s.encode("utf-8") in data]
+        expected.append(data[: min(ends)] if ends else None)
+    assert out.shape[1] == ids.shape[1] + max(len(e) for e in expected)
+    for row, want in enumerate(expected):
+        new = out[row, ids.shape[1] :].tolist()
+        assert new[: len(want)] == [b + 4 for b in want]
+        assert set(new[len(want) :]) <= {0}
+    assert tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True) == "naïve café"
+
+
+def test_stop_strings_must_be_nonempty_strings():
+    model = build_model("entropy", seed=5)
+    ids = random_ids(6, seed=3)
+    for bad in ([""], [3], []):
+        with pytest.raises(ValueError, match="stop_strings"):
+            model.generate(ids, max_new_tokens=3, stop_strings=bad)

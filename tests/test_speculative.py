@@ -163,6 +163,25 @@ def test_speculative_decoding_stops_rows_at_eos_and_honours_logits_processors_li
     assert (plain[:, -1] == 0).any()  # some row stopped early and was padded
 
 
+def test_without_an_eos_rows_stopped_by_a_criterion_keep_their_greedy_bytes_as_in_plain_decoding():
+    """transformers pads finished rows only when an EOS criterion is present; without one a row stopped by another
+    criterion keeps decoding until every row has stopped, and speculation must give it the same greedy bytes."""
+    from transformers import StoppingCriteriaList
+
+    from tests.test_generation import StopAfterByte
+
+    model = _model("entropy", 5)
+    ids, mask = left_padded_batch([9, 5, 12], seed=5)
+    options = dict(do_sample=False, pad_token_id=0, eos_token_id=None, max_new_tokens=30)
+    with torch.no_grad():
+        free = model.generate(ids, attention_mask=mask, **options)
+        stop = StoppingCriteriaList([StopAfterByte(int(free[0, ids.shape[1] + 8]))])
+        plain = model.generate(ids, attention_mask=mask, stopping_criteria=stop, **options)
+        spec = model.generate(ids, attention_mask=mask, stopping_criteria=stop, speculative_bytes=3, **options)
+    assert torch.equal(spec, plain)
+    assert torch.equal(plain, free[:, : plain.shape[1]])  # nothing padded: row 0 went on after its stop
+
+
 def test_greedy_self_speculative_decoding_on_the_shipped_model_equals_plain_decoding():
     model = BLTForCausalLM.from_pretrained(SHIPPED).eval()
     texts = ["The quick brown fox jumps over the lazy dog. ", "Permission is hereby granted, free of charge, to "]

@@ -97,8 +97,8 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
     if config.output_attentions or config.output_hidden_states:
         raise ValueError("speculative_bytes does not return attentions or hidden states")
     do_sample = bool(config.do_sample)
-    pad_id = config._pad_token_tensor
     eos_ids = config._eos_token_tensor
+    pad_id = config._pad_token_tensor if eos_ids is not None else None  # as transformers: pad only with an EOS
     extra = type(stopping_criteria)(
         [c for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
     )
@@ -170,7 +170,7 @@ def self_speculative_decoding(model, input_ids, logits_processor, stopping_crite
         else:
             replacement = processed.argmax(-1)
             accepted = (drafts == replacement[:, :drafts_wanted]).long().cumprod(1).sum(1)
-        live = unfinished.bool()
+        live = unfinished.bool() if pad_id is not None else torch.ones_like(unfinished, dtype=torch.bool)
         most, kept = torch.where(live, accepted, 0).max(), torch.where(live, accepted, drafts_wanted).min()
         kept, stats["uneven_steps"] = int(kept), stats["uneven_steps"] + int(most > kept)  # every row keeps `kept`
         next_byte = replacement[:, kept]  # rows that stopped accepting at `kept` (or the byte after all k)

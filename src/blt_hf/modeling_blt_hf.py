@@ -16,6 +16,7 @@ it gives alone.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -49,6 +50,7 @@ from .patching import (
 )
 from .pretrained import BLTPreTrainedModel, check_labels
 from .speculative import check_speculative_bytes, self_speculative_decoding
+from .stopping import StopBytesCriteria
 from .token_head import BLTTokenHead
 
 
@@ -879,6 +881,18 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             return None
         chunk = max(windows)
         return chunk if input_ids.shape[1] > chunk and logits_to_keep <= chunk else None
+
+    def _get_stopping_criteria(self, generation_config, stopping_criteria, tokenizer=None, **kwargs):
+        """transformers' criteria, with `stop_strings` matched on bytes (`stopping.StopBytesCriteria`): its own
+        criterion reads each vocabulary token's text, which a lone byte of "é" does not have. No tokenizer needed."""
+        if generation_config.stop_strings is None:
+            return super()._get_stopping_criteria(generation_config, stopping_criteria, tokenizer, **kwargs)
+        stop_bytes = StopBytesCriteria(generation_config.stop_strings)
+        without = copy.copy(generation_config)
+        without.stop_strings = None
+        criteria = super()._get_stopping_criteria(without, stopping_criteria, tokenizer, **kwargs)
+        criteria.append(stop_bytes)
+        return criteria
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """generate() refuses up front an empty prompt, and a prompt plus `max_new_tokens` longer than
