@@ -161,6 +161,8 @@ CASES = [
      ["has no config.json", "BLTPatcher"]),
     ("missing_local_folder", lambda m, f: BLTForCausalLM.from_pretrained(str(f / "typo" / "model")), OSError,
      ["no such checkpoint folder"]),
+    ("missing_tokenizer_folder", lambda m, f: BLTTokenizer.from_pretrained(str(f / "typo" / "model")), OSError,
+     ["typo/model", "no such tokenizer folder"]),
     ("llama_folder", lambda m, f: BLTForCausalLM.from_pretrained(f / "llama"), ValueError,
      ["'llama' checkpoint", "blt-hf convert-llama"]),
     ("patcher_from_blt_folder", lambda m, f: BLTPatcher.from_pretrained(f / "model"), ValueError,

@@ -165,6 +165,9 @@ def test_failure_while_writing_leaves_nothing_and_never_clobbers_the_destination
         convert_llama(tmp_path / "llama", tmp_path / "out", **options)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "out"]
+    with pytest.raises(ValueError, match="previous.txt is a file, so the output folder .* cannot be made"):
+        convert_llama(tmp_path / "llama", tmp_path / "out" / "previous.txt" / "model", **options)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
 
 
 def test_command_line_converts_a_llama_folder(tmp_path):

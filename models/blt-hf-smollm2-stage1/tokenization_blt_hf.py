@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 
 import torch
 from transformers import PreTrainedTokenizer
@@ -26,6 +27,7 @@ from transformers.tokenization_python import AddedToken
 
 from .configuration_blt_hf import BOE_ID, BOS_ID, BPE_DELIMITER_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, BLTConfig
 from .patching import PatchingRule, compute_patch_lengths
+from .pretrained import looks_like_a_local_path
 
 ERRORS = "blt_hf_replace"
 
@@ -82,6 +84,17 @@ class BLTTokenizer(PreTrainedTokenizer):
             bos_token=bos_token, eos_token=eos_token, pad_token=pad_token, unk_token=unk_token,
             add_bos_token=add_bos_token, add_eos_token=add_eos_token, patch_chunk_size=patch_chunk_size, **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader; a local path that does not exist is named as such (transformers would call it an
+        invalid Hub repo id)."""
+        name = os.fspath(pretrained_model_name_or_path)
+        subfolder = kwargs.get("subfolder")
+        folder = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
+        if looks_like_a_local_path(name) and not os.path.exists(folder):
+            raise OSError(f"{folder}: no such tokenizer folder")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # ------------------------------------------------------------------ vocabulary
     @property

@@ -170,7 +170,7 @@ def check_safetensors_file(path: str | Path) -> None:
         raise ValueError(f"{path} is not a readable safetensors file: {problem}")
 
 
-def _looks_like_a_local_path(name: str) -> bool:
+def looks_like_a_local_path(name: str) -> bool:
     """Hub ids are "name" or "owner/name"; anything else (absolute, ./, ~, deeper, backslashes) is a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
 
@@ -179,7 +179,7 @@ def check_checkpoint_folder(model_class, path, subfolder: str = "") -> None:
     """Raise `OSError` for a local path that is not a folder with a config.json, and `ValueError` for a config.json
     of another model type (a Llama or transformers' Blt folder, say). Hub repo ids pass untouched."""
     name = os.fspath(path)
-    if not _looks_like_a_local_path(name):
+    if not looks_like_a_local_path(name):
         return
     folder = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
     if not os.path.isdir(folder):

@@ -113,10 +113,14 @@ def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
 
 
 def check_destination(destination: str | Path) -> None:
-    """An output folder must not exist yet, or be empty: converters never overwrite a previous result."""
-    destination = Path(destination)
+    """An output folder must not exist yet, or be empty: converters never overwrite a previous result. A file in
+    its path (so that no folder can be made there) is named before anything runs."""
+    destination = Path(destination).expanduser()
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} exists and is not an empty folder")
+    blocking = next((parent for parent in destination.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{blocking} is a file, so the output folder {destination} cannot be made")
 
 
 def write_folder_atomically(destination: str | Path, write: Callable[[Path], None]) -> None:

@@ -53,13 +53,13 @@ def bits_per_byte(model, rows, batch_size: int = 8) -> dict:
 def load_model_and_tokenizer(model_dir: str):
     """A `BLTForCausalLM` in eval mode and a `BLTTokenizer` attached to it (its entropy model patches)."""
     from ..modeling_blt_hf import BLTForCausalLM
-    from ..pretrained import _looks_like_a_local_path
+    from ..pretrained import looks_like_a_local_path
     from ..tokenization_blt_hf import BLTTokenizer
 
     try:
         model = BLTForCausalLM.from_pretrained(model_dir).eval()
     except (OSError, ValueError) as error:
-        if _looks_like_a_local_path(model_dir):  # the local-path checks say what is wrong with the folder
+        if looks_like_a_local_path(model_dir):  # the local-path checks say what is wrong with the folder
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OSError(f"{model_dir}: no such checkpoint folder here, and loading it from the Hub failed: "

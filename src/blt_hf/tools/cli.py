@@ -50,10 +50,10 @@ def _write_config_atomically(config: BLTConfig, directory: Path) -> None:
 
 
 def _save_model_atomically(model, directory: Path) -> None:
+    from ..convert.checkpoints import check_destination
     from ..tokenization_blt_hf import BLTTokenizer
 
-    if directory.exists() and any(directory.iterdir()):
-        raise ValueError(f"{directory} exists and is not empty")
+    check_destination(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
         model.save_pretrained(scratch)
