@@ -338,3 +338,36 @@ def test_stop_strings_must_be_nonempty_strings():
     for bad in ([""], [3], []):
         with pytest.raises(ValueError, match="stop_strings"):
             model.generate(ids, max_new_tokens=3, stop_strings=bad)
+
+
+def test_generate_returns_each_steps_hidden_states_as_the_full_forward_computes_them():
+    model = build_model("entropy", seed=6)
+    ids = random_ids(12, seed=6)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
+                             output_hidden_states=True)
+        full = model(out.sequences[:, :-1], output_hidden_states=True)
+    assert len(out.hidden_states) == 4
+    for step, states in enumerate(out.hidden_states):
+        position = ids.shape[1] - 1 + step
+        assert len(states) == len(full.hidden_states)
+        for got, want in zip(states, full.hidden_states, strict=True):
+            torch.testing.assert_close(got[:, -1], want[:, position], atol=1e-5, rtol=1e-5)
+
+
+def test_resizing_to_the_byte_vocabulary_and_adding_existing_tokens_are_no_ops():
+    model = build_model("entropy", seed=6)
+    tok = BLTTokenizer()
+    assert model.resize_token_embeddings(len(tok)) is model.get_input_embeddings()
+    assert model.resize_token_embeddings(259, pad_to_multiple_of=130) is model.get_input_embeddings()
+    assert tok.add_tokens(["a"]) == 0 and tok.add_special_tokens({"eos_token": "</s>"}) == 0 and len(tok) == 260
+
+
+def test_byte_ids_of_any_integer_dtype_give_the_int64_logits():
+    model = build_model("entropy", seed=6)
+    ids = random_ids(12, seed=6)
+    ids[0, 3] = 200  # above int8's range: uint8 must not wrap it, nor the vocabulary size
+    with torch.no_grad():
+        want = model(ids).logits
+        for dtype in (torch.uint8, torch.int16, torch.int32):
+            torch.testing.assert_close(model(ids.to(dtype)).logits, want, atol=0, rtol=0)

@@ -54,6 +54,13 @@ from .stopping import StopBytesCriteria
 from .token_head import BLTTokenHead
 
 
+def refuse_attention_weights(kwargs) -> None:
+    """BLT returns no attention weights (SDPA and patch-gather kernels compute none): say so rather than ignore it."""
+    if kwargs.get("output_attentions"):
+        raise ValueError("BLT does not return attention weights: output_attentions is not supported (use "
+                         "output_hidden_states for the byte and patch states)")
+
+
 @dataclass
 class BLTModelOutput(ModelOutput):
     """last_hidden_state [B, n, d_dec]: decoder states after the final norm.
@@ -122,11 +129,14 @@ class BLTModel(BLTPreTrainedModel):
         return PatchingRule.from_config(self.config)
 
     # ---------------------------------------------------------------- input checks
-    def _check_input_ids(self, input_ids):
+    def _check_input_ids(self, input_ids) -> torch.Tensor:
+        """Checked byte ids (other integer dtypes than int64/int32 as int64)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, length] tensor of byte ids")
         if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.dtype not in (torch.long, torch.int32):  # uint8 bytes, int16: compared and embedded as int64
+            input_ids = input_ids.long()
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(
                 f"input_ids has shape {list(input_ids.shape)}: give at least one row of at least one byte id "
@@ -139,6 +149,7 @@ class BLTModel(BLTPreTrainedModel):
                 f"input_ids must be in 0..{self.config.vocab_size - 1} (byte b has id b + 4; 0-3 are special ids), "
                 f"got {bad[:5].tolist()}"
             )
+        return input_ids
 
     def _new_byte_mask(self, attention_mask, cache, batch, length, device) -> torch.Tensor:
         if attention_mask is None:
@@ -195,7 +206,8 @@ class BLTModel(BLTPreTrainedModel):
         """
         if inputs_embeds is not None:
             raise ValueError("BLT needs input_ids: its hash n-gram embeddings and patching read the byte ids")
-        self._check_input_ids(input_ids)
+        refuse_attention_weights(kwargs)
+        input_ids = self._check_input_ids(input_ids)
         config = self.config
         batch, length = input_ids.shape
         device = input_ids.device
@@ -587,9 +599,10 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         A cached call asking only for the last logits (`logits_to_keep`, as `generate` does) on more bytes than the
         local windows runs in window-sized chunks (`prefill_chunk`): the same logits, with peak memory set by the
         window rather than the prompt."""
+        refuse_attention_weights(kwargs)
         if (self.config.patching_mode == "source" and patch_lengths is None and patch_states is None
                 and input_ids is not None):
-            self.model._check_input_ids(input_ids)  # before the byte-by-byte loop reads the shape
+            input_ids = self.model._check_input_ids(input_ids)  # before the byte-by-byte loop reads the shape
             # a single byte without a cache is a whole sequence too: the token head still decides byte by byte
             if input_ids.shape[1] > 1 or self.config.patching_lookahead or past_key_values is None:
                 return self._forward_byte_by_byte(input_ids, attention_mask, past_key_values, labels, use_cache,
@@ -794,6 +807,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("BLT needs input_ids: its hash n-gram embeddings and patching read the byte ids")
+        refuse_attention_weights({"output_attentions": kwargs.get("output_attentions", config.output_attentions)})
         self._check_generation_ids(config, kwargs)
         if isinstance(cache, BLTCache) and isinstance(prompt, torch.Tensor) and prompt.dim() == 2:
             self._check_cache_continues(cache, prompt, kwargs.get("attention_mask"))
@@ -946,8 +960,9 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             "past_key_values": past_key_values,
             "use_cache": use_cache,
         }
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        for name in ("logits_to_keep", "output_hidden_states"):
+            if name in kwargs:
+                inputs[name] = kwargs[name]
         return inputs
 
     def _reorder_cache(self, past_key_values, beam_idx):

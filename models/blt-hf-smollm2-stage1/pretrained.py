@@ -30,6 +30,19 @@ class BLTPreTrainedModel(PreTrainedModel):
     # so they match the tokenizer's (fp32) patch lengths and do not move with the precision of the other stacks
     _keep_in_fp32_modules_strict = ["patcher"]
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """The byte vocabulary is fixed (every stack, the entropy model's included, embeds the same 260 ids): a
+        call that keeps its size returns the embeddings, any other size is refused."""
+        size = self.config.vocab_size if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if size != self.config.vocab_size:
+            raise ValueError(
+                f"BLT's byte vocabulary is fixed at {self.config.vocab_size} ids (256 bytes + 4 special ids), so "
+                f"its embeddings cannot be resized to {size}: new tokens are written as their bytes"
+            )
+        return self.get_input_embeddings()
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """transformers' `from_pretrained`, after `check_checkpoint_folder` (without `config=`): a local folder

@@ -106,6 +106,19 @@ class BLTTokenizer(PreTrainedTokenizer):
         vocab.update(self.added_tokens_encoder)
         return vocab
 
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """The vocabulary is fixed (256 bytes, 4 special ids): a token that is not one of them is refused, rather
+        than counted as added and given an id the model has no embedding for."""
+        unknown = [str(t) for t in new_tokens
+                   if str(t) not in self.added_tokens_encoder and not (len(str(t)) == 1 and ord(str(t)) < 256)]
+        if unknown:
+            raise ValueError(
+                f"a byte tokenizer has a fixed vocabulary (256 bytes and 4 special ids), so it cannot add "
+                f"{unknown[:5]}: write them as text (they become their bytes), or give a chat template's markers "
+                "the special ids with bos_token= / eos_token= / unk_token="
+            )
+        return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+
     def tokenize(self, text: str, **kwargs) -> list[str]:
         if kwargs.pop("split_special_tokens", self.split_special_tokens):
             return [chr(b) for b in text_to_bytes(text)]
