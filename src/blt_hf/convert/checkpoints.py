@@ -90,15 +90,15 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
         for k in sorted(set(state) & set(expected))
         if state[k].shape != expected[k].shape
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing[:20]}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected[:20]}")
-    if wrong:
-        problems.append(f"shapes that disagree with the config {wrong[:20]}")
-    if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
+    raise_problems(source, [("missing", missing), ("unexpected", unexpected),
+                            ("shapes that disagree with the config", wrong)], shown=20)
+
+
+def raise_problems(source: str, problems: list[tuple[str, list]], shown: int) -> None:
+    """One ValueError naming `source` and each non-empty (label, items) pair, with its first `shown` items."""
+    found = [f"{label} {items[:shown]}" for label, items in problems if items]
+    if found:
+        raise ValueError(f"{source}: " + "; ".join(found))
 
 
 @contextlib.contextmanager

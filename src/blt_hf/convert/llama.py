@@ -24,6 +24,7 @@ from .checkpoints import (
     default_dtype,
     load_state_dict,
     map_keys,
+    raise_problems,
     read_json,
     write_folder_atomically,
 )
@@ -140,17 +141,12 @@ def check_llama_layers(mapped: dict[str, torch.Tensor], llama_config) -> None:
             not_float.append(f"{name} ({tensor.dtype})")
         elif not tensor.is_meta and not bool(torch.isfinite(tensor).all()):  # (meta tensors: shapes only)
             not_finite.append(name)
-    problems = []
-    if extra:
-        problems.append(f"layers beyond the config's num_hidden_layers={layers}: {sorted(extra)[:6]}")
-    if wrong:
-        problems.append(f"shapes that disagree with the config {wrong[:6]}")
-    if not_float:
-        problems.append(f"weights that are not floating point {not_float[:6]}")
-    if not_finite:
-        problems.append(f"weights holding NaN or inf {not_finite[:6]}")
-    if problems:
-        raise ValueError("Llama layers: " + "; ".join(problems))
+    raise_problems("Llama layers", [
+        (f"layers beyond the config's num_hidden_layers={layers}:", sorted(extra)),
+        ("shapes that disagree with the config", wrong),
+        ("weights that are not floating point", not_float),
+        ("weights holding NaN or inf", not_finite),
+    ], shown=6)
 
 
 def global_state_from_llama(state: dict[str, torch.Tensor], llama_config) -> dict[str, torch.Tensor]:
