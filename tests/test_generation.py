@@ -371,3 +371,6 @@ def test_byte_ids_of_any_integer_dtype_give_the_int64_logits():
         want = model(ids).logits
         for dtype in (torch.uint8, torch.int16, torch.int32):
             torch.testing.assert_close(model(ids.to(dtype)).logits, want, atol=0, rtol=0)
+    tok = BLTTokenizer().attach_model(model)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert torch.equal(tok.patch_lengths(ids.to(dtype)), tok.patch_lengths(ids))

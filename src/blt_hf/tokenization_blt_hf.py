@@ -242,6 +242,7 @@ class BLTTokenizer(PreTrainedTokenizer):
         if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
             raise ValueError(f"patch_lengths takes [batch, length] integer byte ids, got {input_ids.dtype} of shape "
                              f"{list(input_ids.shape)}")
+        input_ids = input_ids.long()  # (a uint8 tensor of bytes would wrap the vocabulary size in the check)
         bad = input_ids[(input_ids < 0) | (input_ids >= BYTE_VOCAB_SIZE)]
         if bad.numel():
             raise ValueError(f"patch_lengths takes byte ids in 0..{BYTE_VOCAB_SIZE - 1} (byte b is id b + "
